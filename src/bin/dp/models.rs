@@ -1,0 +1,84 @@
+//! Finding and loading model files named on the command line.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use diffusion_playground::mnist::classifier::Classifier;
+use diffusion_playground::mnist::package::{self, Manifest};
+use diffusion_playground::mnist::train::TrainConfig;
+use diffusion_playground::mnist::unet::{UNet, UNetConfig};
+use diffusion_playground::{Error, Result};
+
+pub const PKG_DIR: &str = "pkg";
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+pub fn manifest(pkg: &Path) -> Result<Manifest> {
+    let p = pkg.join("manifest.json");
+    let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    Manifest::parse(&s, &p.display().to_string())
+}
+
+/// A UNet named by a run directory (its `model.bpk`, or `epoch_N.bpk` with `epoch`), a `.bpk`
+/// file inside a run directory, or `pkg:NAME` for an entry of `pkg/manifest.json`.
+pub fn load_unet(spec: &str, epoch: Option<usize>, device: &Device) -> Result<(UNet, String)> {
+    if let Some(name) = spec.strip_prefix("pkg:") {
+        let m = manifest(Path::new(PKG_DIR))?;
+        let e = m.get(name)?;
+        let path = Path::new(PKG_DIR).join(&e.file);
+        let bytes = read(&path)?;
+        e.verify(&bytes)?;
+        let model = package::unet_from_bytes(&e.unet_config()?, &bytes, &path.display().to_string(), device)?;
+        return Ok((model, path.display().to_string()));
+    }
+    let p = PathBuf::from(spec);
+    let (dir, file) = if p.is_dir() {
+        let file = match epoch {
+            Some(e) => p.join(format!("epoch_{e}.bpk")),
+            None if p.join("model.bpk").exists() => p.join("model.bpk"),
+            None => latest_snapshot(&p)?,
+        };
+        (p.clone(), file)
+    } else {
+        (p.parent().unwrap_or(Path::new(".")).to_path_buf(), p.clone())
+    };
+    let cfg_path = dir.join("config.json");
+    let cfg: TrainConfig = serde_json::from_slice(&read(&cfg_path)?)
+        .map_err(|e| Error::format(&cfg_path, format!("not a training config: {e}")))?;
+    let model = load_unet_file(&cfg.unet(), &file, device)?;
+    Ok((model, file.display().to_string()))
+}
+
+pub fn load_unet_file(cfg: &UNetConfig, file: &Path, device: &Device) -> Result<UNet> {
+    package::unet_from_bytes(cfg, &read(file)?, &file.display().to_string(), device)
+}
+
+fn latest_snapshot(dir: &Path) -> Result<PathBuf> {
+    let mut best = None;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("epoch_").and_then(|s| s.strip_suffix(".bpk")).and_then(|s| s.parse::<usize>().ok())
+            && best.as_ref().is_none_or(|(b, _)| n > *b)
+        {
+            best = Some((n, entry.path()));
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(|| Error::io(dir, "no model.bpk or epoch_N.bpk here: train first"))
+}
+
+/// The classifier: a `.bpk` file or `pkg:NAME`.
+pub fn load_classifier(spec: &str, device: &Device) -> Result<Classifier> {
+    if let Some(name) = spec.strip_prefix("pkg:") {
+        let m = manifest(Path::new(PKG_DIR))?;
+        let e = m.get(name)?;
+        let path = Path::new(PKG_DIR).join(&e.file);
+        let bytes = read(&path)?;
+        e.verify(&bytes)?;
+        return package::classifier_from_bytes(&bytes, &path.display().to_string(), device);
+    }
+    let p = PathBuf::from(spec);
+    let file = if p.is_dir() { p.join("model.bpk") } else { p };
+    package::classifier_from_bytes(&read(&file)?, &file.display().to_string(), device)
+}

@@ -1,0 +1,17 @@
+//! Diffusion playground: the course's flow-matching MNIST UNets (part B) and, later, DeepFloyd IF
+//! stage 1 (part A), written once against burn and run natively (CLI, training, benchmarks) or in
+//! the browser on WebGPU.
+//!
+//! Layout: [`mnist`] holds the models and samplers of part B; [`image_ops`] the tensor <-> image
+//! helpers both parts share; [`device`] the one place a backend is chosen; [`rng`] the seedable
+//! noise source every sampler and trainer draws from, so tests can inject their own noise.
+
+pub mod device;
+pub mod error;
+pub mod image_ops;
+pub mod mnist;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod plot;
+pub mod rng;
+
+pub use error::{Error, Result};

@@ -1,0 +1,177 @@
+//! Flow matching (SPEC part B, `reference/algo1..4`): the training objective, the velocity with
+//! classifier-free guidance, and the ODE solvers that integrate it from noise (t = 0) to data
+//! (t = 1). The solvers follow diffusers' shape: `timesteps(n)` then one `step` per timestep, so
+//! the page can drive them one step at a time and the CLI in a loop.
+
+use burn::prelude::*;
+
+use super::unet::{Conditioning, UNet};
+use super::{CLASSES, PIXELS, SIDE};
+use crate::rng::Rng;
+
+/// One-hot class rows, `None` meaning "no class" (all zeros).
+///
+/// # Shapes
+/// output `[labels.len(), 10]`
+pub fn one_hot(labels: &[Option<usize>], device: &Device) -> Tensor<2> {
+    let mut v = vec![0f32; labels.len() * CLASSES];
+    for (i, l) in labels.iter().enumerate() {
+        if let Some(c) = l {
+            v[i * CLASSES + c] = 1.0;
+        }
+    }
+    Tensor::from_data(TensorData::new(v, [labels.len(), CLASSES]), device)
+}
+
+/// The batch a flow-matching step trains on, with all its randomness drawn up front so a test
+/// can supply the reference's.
+pub struct FlowBatch {
+    /// Noise x0 ~ N(0, I), `[B, 1, 28, 28]`.
+    pub x0: Vec<f32>,
+    /// t ~ U[0, 1], one per image.
+    pub t: Vec<f32>,
+    /// Class per image, `None` where dropped for classifier-free guidance (or no class model).
+    pub labels: Vec<Option<usize>>,
+}
+
+impl FlowBatch {
+    /// Draws x0, t and the class dropout for `labels` (dropped with probability `p_uncond`).
+    pub fn draw(rng: &mut Rng, labels: &[usize], p_uncond: f32) -> Self {
+        let b = labels.len();
+        let x0 = rng.normal_vec(b * PIXELS);
+        let t = rng.uniform_vec(b);
+        let labels = labels.iter().map(|&l| (rng.uniform() >= p_uncond as f64).then_some(l)).collect();
+        Self { x0, t, labels }
+    }
+}
+
+/// The flow-matching loss `mean ||(x1 - x0) - u(x_t, t, c)||^2` with `x_t = (1 - t) x0 + t x1`.
+///
+/// # Shapes
+/// - `x1`: `[B, 1, 28, 28]` data; output: scalar `[1]`
+pub fn flow_loss(model: &UNet, x1: Tensor<4>, batch: &FlowBatch) -> Tensor<1> {
+    let device = x1.device();
+    let b = x1.dims()[0];
+    let x0 = Tensor::<4>::from_data(TensorData::new(batch.x0.clone(), [b, 1, SIDE, SIDE]), &device);
+    let t = Tensor::<2>::from_data(TensorData::new(batch.t.clone(), [b, 1]), &device);
+    let t4 = t.clone().unsqueeze_dims::<4>(&[2, 3]); // [B, 1, 1, 1]
+    let xt = x0.clone() * (t4.clone().neg() + 1.0) + x1.clone() * t4;
+    let c = (model.conditioning() == Conditioning::TimeClass).then(|| one_hot(&batch.labels, &device));
+    let u = model.forward(xt, Some(t), c);
+    (u - (x1 - x0)).square().mean()
+}
+
+/// Which ODE solver integrates the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum Solver {
+    /// The course's sampler: `x += u(x, t) / T`. One model call per step.
+    Euler,
+    /// Heun's second-order method: an Euler predictor, then the mean of the velocities at both
+    /// ends of the step. Two model calls per step, error O(1/T^2) instead of O(1/T).
+    Heun,
+}
+
+impl Solver {
+    /// Model evaluations (each possibly doubled by guidance) for `steps` steps.
+    pub fn evaluations(self, steps: usize) -> usize {
+        match self {
+            Solver::Euler => steps,
+            Solver::Heun => 2 * steps,
+        }
+    }
+}
+
+/// What to condition a sample on.
+#[derive(Clone, Debug)]
+pub struct Conditions {
+    /// Requested class per image (ignored by a time-only model).
+    pub labels: Vec<usize>,
+    /// Classifier-free guidance scale gamma: `u = u_uncond + gamma (u_cond - u_uncond)`.
+    /// 1 means plain conditional velocity (one model call).
+    pub guidance: f32,
+}
+
+/// The (guided) velocity field at time `t` for a whole batch.
+///
+/// # Shapes
+/// `x`: `[B, 1, 28, 28]` -> `[B, 1, 28, 28]`
+pub fn velocity(model: &UNet, x: Tensor<4>, t: f32, cond: &Conditions) -> Tensor<4> {
+    let device = x.device();
+    let b = x.dims()[0];
+    match model.conditioning() {
+        Conditioning::None => panic!("a denoiser has no velocity field"),
+        Conditioning::Time => model.forward(x, Some(Tensor::full([b, 1], t, &device)), None),
+        Conditioning::TimeClass => {
+            assert_eq!(cond.labels.len(), b, "one label per image");
+            let labels: Vec<Option<usize>> = cond.labels.iter().map(|&l| Some(l)).collect();
+            if cond.guidance == 1.0 {
+                let c = one_hot(&labels, &device);
+                return model.forward(x, Some(Tensor::full([b, 1], t, &device)), Some(c));
+            }
+            // Conditional and unconditional halves in one batch: one pass over the weights.
+            let mut both = labels;
+            both.extend(std::iter::repeat_n(None, b));
+            let c = one_hot(&both, &device);
+            let u = model.forward(Tensor::cat(vec![x.clone(), x], 0), Some(Tensor::full([2 * b, 1], t, &device)), Some(c));
+            let uc = u.clone().slice([0..b]);
+            let uu = u.slice([b..2 * b]);
+            uu.clone() + (uc - uu) * cond.guidance
+        }
+    }
+}
+
+/// A flow sampler: solver + number of steps, stepped diffusers-style.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowSampler {
+    pub solver: Solver,
+    pub steps: usize,
+}
+
+impl FlowSampler {
+    pub fn new(solver: Solver, steps: usize) -> Self {
+        Self { solver, steps: steps.max(1) }
+    }
+
+    /// The times the steps start from: `0, 1/T, ..., (T-1)/T`.
+    pub fn timesteps(&self) -> Vec<f32> {
+        (0..self.steps).map(|i| i as f32 / self.steps as f32).collect()
+    }
+
+    /// Advances `x` from step `i` (time i/T) to time (i+1)/T.
+    pub fn step(&self, model: &UNet, x: Tensor<4>, i: usize, cond: &Conditions) -> Tensor<4> {
+        let dt = 1.0 / self.steps as f32;
+        let t = i as f32 * dt;
+        let u = velocity(model, x.clone(), t, cond);
+        match self.solver {
+            Solver::Euler => x + u * dt,
+            Solver::Heun => {
+                let x_pred = x.clone() + u.clone() * dt;
+                let u2 = velocity(model, x_pred, t + dt, cond);
+                x + (u + u2) * (dt / 2.0)
+            }
+        }
+    }
+
+    /// Integrates from the noise `x0` to t = 1; `on_step(i, &x)` sees each new state and may
+    /// return `false` to stop early (cancel), in which case the partial state is returned.
+    pub fn sample(&self, model: &UNet, x0: Tensor<4>, cond: &Conditions, mut on_step: impl FnMut(usize, &Tensor<4>) -> bool) -> Tensor<4> {
+        let mut x = x0;
+        for i in 0..self.steps {
+            x = self.step(model, x, i, cond);
+            if !on_step(i, &x) {
+                break;
+            }
+        }
+        x
+    }
+}
+
+/// Standard normal noise for `n` images, from `rng`.
+///
+/// # Shapes
+/// output `[n, 1, 28, 28]`
+pub fn noise(rng: &mut Rng, n: usize, device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(rng.normal_vec(n * PIXELS), [n, 1, SIDE, SIDE]), device)
+}
