@@ -2,43 +2,17 @@
 //! straight through; checkpoints and snapshots are where they should be; a run directory is never
 //! silently overwritten; bad data gives a message naming the fix.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
-use diffusion_playground::mnist::data::encode_idx;
 use diffusion_playground::mnist::train::{read_checkpoint, train, Recipe, RunOptions, TrainConfig};
 use diffusion_playground::mnist::package::unet_from_bytes;
 use diffusion_playground::mnist::PIXELS;
 use diffusion_playground::rng::Rng;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dp-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A tiny synthetic dataset in IDX form: bright squares whose position encodes the label.
-fn write_data(dir: &Path, n: usize) {
-    let mut rng = Rng::new(1);
-    let mut imgs = vec![0u8; n * PIXELS];
-    let mut labels = vec![0u8; n];
-    for i in 0..n {
-        let l = rng.below(10);
-        labels[i] = l as u8;
-        let (r0, c0) = (2 + (l / 5) * 12, 2 + (l % 5) * 5);
-        for r in r0..r0 + 8 {
-            for c in c0..c0 + 4 {
-                imgs[i * PIXELS + r * 28 + c] = 200 + rng.below(55) as u8;
-            }
-        }
-    }
-    for (split, k) in [("train", n), ("t10k", n.min(16))] {
-        std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), encode_idx(&[k, 28, 28], &imgs[..k * PIXELS])).unwrap();
-        std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), encode_idx(&[k], &labels[..k])).unwrap();
-    }
-}
+mod common;
+use common::{tmp, write_data};
 
 fn config() -> TrainConfig {
     TrainConfig { hidden: 4, batch: 8, epochs: 2, ..Recipe::ClassFlow.defaults() }

@@ -116,7 +116,15 @@ pub fn load_module_bytes<M: Module>(module: M, bytes: &[u8], source: &str) -> Re
     }
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
         .map_err(|e| Error::format(source, format!("not a readable burnpack model file ({e})")))?;
-    module.try_load_record(record).map_err(|e| Error::format(source, format!("does not fit this model ({e})")))
+    module.try_load_record(record).map_err(|e| Error::format(source, format!("does not fit this model ({})", abridge(&e.to_string(), 600))))
+}
+
+/// The first `max` characters of a long message (burn lists every mismatching tensor).
+fn abridge(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{} ... [{} more characters]", &s[..i], s.len() - i),
+        None => s.to_string(),
+    }
 }
 
 pub fn unet_from_bytes(config: &UNetConfig, bytes: &[u8], source: &str, device: &Device) -> Result<UNet> {

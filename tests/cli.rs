@@ -1,0 +1,113 @@
+//! The `dp` command end to end on a tiny synthetic dataset: every deliverable command writes its
+//! files, and bad input (missing data, corrupt or truncated weights, a model of another shape,
+//! a manifest mismatch) ends with a message naming the problem, never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+mod common;
+use common::{tmp, write_data};
+
+fn dp(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dp")).current_dir(cwd).args(args).output().expect("dp runs")
+}
+
+fn ok(cwd: &Path, args: &[&str]) -> String {
+    let o = dp(cwd, args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "dp {args:?} failed: {err}");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn fails(cwd: &Path, args: &[&str], needle: &str) {
+    let o = dp(cwd, args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "dp {args:?} should fail");
+    assert_eq!(o.status.code(), Some(1), "dp {args:?}: a clean error exit, not a crash: {err}");
+    assert!(!err.contains("panicked"), "dp {args:?} panicked: {err}");
+    assert!(err.contains(needle), "dp {args:?}: expected '{needle}' in: {err}");
+}
+
+fn is_png(p: &Path) {
+    let img = image::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert!(img.width() > 28 && img.height() > 28);
+}
+
+#[test]
+fn flow_pipeline_and_bad_weights() {
+    let w = tmp("cli-flow");
+    let data = w.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_data(&data, 48);
+    let d = data.to_str().unwrap();
+    let tiny = ["--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1"];
+
+    ok(&w, &[&["train", "class-flow", "--out", "run"][..], &tiny].concat());
+    for f in ["run/model.bpk", "run/epoch_1.bpk", "run/loss.csv", "run/checkpoint.ckpt"] {
+        assert!(w.join(f).exists(), "{f}");
+    }
+    is_png(&w.join("run/samples_epoch1.png"));
+
+    let out = ok(&w, &["sample", "--model", "run", "--steps", "3", "--solver", "heun", "--per-digit", "2", "--out", "s.png", "--gif", "s.gif"]);
+    assert!(out.contains("20 samples"), "{out}");
+    is_png(&w.join("s.png"));
+    assert!(std::fs::read(w.join("s.gif")).unwrap().starts_with(b"GIF89a"));
+
+    ok(&w, &["train-classifier", "--out", "clf", "--data", d, "--epochs", "1", "--batch", "16"]);
+    let out = ok(&w, &["eval", "--model", "run", "--classifier", "clf", "--per-class", "2", "--steps", "2", "--data", d, "--json", "e.json"]);
+    assert!(out.contains("FID") && out.contains("recognised"), "{out}");
+    let e: serde_json::Value = serde_json::from_slice(&std::fs::read(w.join("e.json")).unwrap()).unwrap();
+    assert!(e["accuracy"].as_f64().is_some() && e["fid"].as_f64().unwrap().is_finite(), "{e}");
+
+    // Packaging, and the package's integrity checks.
+    ok(&w, &["package", "class_flow", "--from", "run", "--note", "epochs=1"]);
+    ok(&w, &["package", "classifier", "--from", "clf"]);
+    ok(&w, &["sample", "--model", "pkg:class_flow", "--steps", "2", "--out", "p.png"]);
+    fails(&w, &["sample", "--model", "pkg:nope"], "no model 'nope' in the manifest (it has: class_flow, classifier)");
+    let bpk = w.join("pkg/class_flow.bpk");
+    let good = std::fs::read(&bpk).unwrap();
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    std::fs::write(&bpk, &flipped).unwrap();
+    fails(&w, &["sample", "--model", "pkg:class_flow"], "sha256");
+    std::fs::write(&bpk, &good[..good.len() / 2]).unwrap();
+    fails(&w, &["sample", "--model", "pkg:class_flow"], "truncated or wrong file");
+
+    // A run directory whose weights are damaged or of another architecture.
+    let run_model = w.join("run/model.bpk");
+    std::fs::write(&run_model, &good[..good.len() / 3]).unwrap();
+    fails(&w, &["sample", "--model", "run"], "model.bpk");
+    std::fs::write(&run_model, b"hello, not a model").unwrap();
+    fails(&w, &["sample", "--model", "run"], "not a readable burnpack");
+    std::fs::write(&run_model, &good).unwrap();
+    let cfg = std::fs::read_to_string(w.join("run/config.json")).unwrap();
+    std::fs::write(w.join("run/config.json"), cfg.replace("\"hidden\": 4", "\"hidden\": 8")).unwrap();
+    fails(&w, &["sample", "--model", "run"], "does not fit this model (Record validation error");
+    std::fs::write(w.join("run/config.json"), cfg).unwrap();
+
+    fails(&w, &["sample", "--model", "run", "--digits", "3,12"], "12 is not a digit");
+    fails(&w, &["train", "class-flow", "--out", "x", "--data", "/nonexistent/mnist"], "setup.sh");
+    fails(&w, &["train", "class-flow", "--out", "x", "--data", d, "--lr=0"], "--lr must be a positive number");
+}
+
+#[test]
+fn denoiser_figures() {
+    let w = tmp("cli-denoise");
+    let data = w.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_data(&data, 24);
+    let d = data.to_str().unwrap();
+    let tiny = ["--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1"];
+    ok(&w, &[&["train", "denoiser", "--out", "dn"][..], &tiny].concat());
+    is_png(&w.join("dn/denoise_epoch1.png"));
+    ok(&w, &[&["train", "pure-noise", "--out", "pn"][..], &tiny].concat());
+    ok(&w, &["figures", "noising", "--data", d, "--out", "n.png"]);
+    ok(&w, &["figures", "ood", "--model", "dn", "--data", d, "--out", "o.png"]);
+    let out = ok(&w, &["figures", "mean", "--model", "pn", "--data", d, "--out", "m.png"]);
+    assert!(out.contains("MSE to the mean"), "{out}");
+    for f in ["n.png", "o.png", "m.png", "dn/loss.png"] {
+        is_png(&w.join(f));
+    }
+    fails(&w, &["sample", "--model", "dn"], "is a denoiser");
+}
