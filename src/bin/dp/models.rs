@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use diffusion_playground::mnist::classifier::Classifier;
-use diffusion_playground::mnist::package::{self, Manifest};
+use diffusion_playground::mnist::package::{self, Entry, Manifest};
 use diffusion_playground::mnist::train::TrainConfig;
 use diffusion_playground::mnist::unet::{UNet, UNetConfig};
 use diffusion_playground::{Error, Result};
@@ -21,17 +21,23 @@ pub fn manifest(pkg: &Path) -> Result<Manifest> {
     Manifest::parse(&s, &p.display().to_string())
 }
 
+/// The manifest entry `name` of `pkg/`, with its file's bytes (size and sha256 checked) and path.
+fn pkg_file(name: &str) -> Result<(Entry, Vec<u8>, String)> {
+    let m = manifest(Path::new(PKG_DIR))?;
+    let entry = m.get(name)?.clone();
+    let path = Path::new(PKG_DIR).join(&entry.file);
+    let bytes = read(&path)?;
+    entry.verify(&bytes)?;
+    Ok((entry, bytes, path.display().to_string()))
+}
+
 /// A UNet named by a run directory (its `model.bpk`, or `epoch_N.bpk` with `epoch`), a `.bpk`
 /// file inside a run directory, or `pkg:NAME` for an entry of `pkg/manifest.json`.
 pub fn load_unet(spec: &str, epoch: Option<usize>, device: &Device) -> Result<(UNet, String)> {
     if let Some(name) = spec.strip_prefix("pkg:") {
-        let m = manifest(Path::new(PKG_DIR))?;
-        let e = m.get(name)?;
-        let path = Path::new(PKG_DIR).join(&e.file);
-        let bytes = read(&path)?;
-        e.verify(&bytes)?;
-        let model = package::unet_from_bytes(&e.unet_config()?, &bytes, &path.display().to_string(), device)?;
-        return Ok((model, path.display().to_string()));
+        let (entry, bytes, path) = pkg_file(name)?;
+        let model = package::unet_from_bytes(&entry.unet_config()?, &bytes, &path, device)?;
+        return Ok((model, path));
     }
     let p = PathBuf::from(spec);
     let (dir, file) = if p.is_dir() {
@@ -71,12 +77,8 @@ fn latest_snapshot(dir: &Path) -> Result<PathBuf> {
 /// The classifier: a `.bpk` file or `pkg:NAME`.
 pub fn load_classifier(spec: &str, device: &Device) -> Result<Classifier> {
     if let Some(name) = spec.strip_prefix("pkg:") {
-        let m = manifest(Path::new(PKG_DIR))?;
-        let e = m.get(name)?;
-        let path = Path::new(PKG_DIR).join(&e.file);
-        let bytes = read(&path)?;
-        e.verify(&bytes)?;
-        return package::classifier_from_bytes(&bytes, &path.display().to_string(), device);
+        let (_, bytes, path) = pkg_file(name)?;
+        return package::classifier_from_bytes(&bytes, &path, device);
     }
     let p = PathBuf::from(spec);
     let file = if p.is_dir() { p.join("model.bpk") } else { p };
