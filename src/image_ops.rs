@@ -39,22 +39,25 @@ pub fn save_png(img: &GrayImage, path: &std::path::Path) -> Result<()> {
     write_atomic(path, buf.get_ref())
 }
 
-/// Encodes grey frames as a looping animated GIF; `delay_ms` per frame, the last held longer.
+/// Encodes grey frames (all of one size) as a looping animated GIF with a global 256-level grey
+/// palette, so pixel values are kept exactly; `delay_ms` per frame, the last held 15x longer.
 pub fn gif_bytes(frames: &[GrayImage], delay_ms: u32) -> Result<Vec<u8>> {
-    use image::codecs::gif::{GifEncoder, Repeat};
-    use image::{Delay, Frame, RgbaImage};
+    let first = frames.first().ok_or_else(|| Error::Invalid("an animation needs at least one frame".into()))?;
+    let (w, h) = (first.width(), first.height());
+    if w > u16::MAX as u32 || h > u16::MAX as u32 || frames.iter().any(|f| f.dimensions() != (w, h)) {
+        return Err(Error::Invalid("GIF frames must share one size of at most 65535 pixels a side".into()));
+    }
+    let palette: Vec<u8> = (0..=255u8).flat_map(|v| [v, v, v]).collect();
+    let err = |e: gif::EncodingError| Error::Invalid(format!("gif: {e}"));
     let mut out = Vec::new();
     {
-        let mut enc = GifEncoder::new_with_speed(&mut out, 10);
-        enc.set_repeat(Repeat::Infinite).map_err(|e| Error::Invalid(format!("gif: {e}")))?;
+        let mut enc = gif::Encoder::new(&mut out, w as u16, h as u16, &palette).map_err(err)?;
+        enc.set_repeat(gif::Repeat::Infinite).map_err(err)?;
         for (i, f) in frames.iter().enumerate() {
-            let rgba: RgbaImage = ImageBuffer::from_fn(f.width(), f.height(), |x, y| {
-                let v = f.get_pixel(x, y)[0];
-                image::Rgba([v, v, v, 255])
-            });
-            let d = if i + 1 == frames.len() { delay_ms * 15 } else { delay_ms };
-            enc.encode_frame(Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(d, 1)))
-                .map_err(|e| Error::Invalid(format!("gif: {e}")))?;
+            let mut frame = gif::Frame::from_indexed_pixels(w as u16, h as u16, f.as_raw().clone(), None);
+            let ms = if i + 1 == frames.len() { delay_ms * 15 } else { delay_ms };
+            frame.delay = (ms / 10).clamp(1, u16::MAX as u32) as u16; // GIF counts hundredths
+            enc.write_frame(&frame).map_err(err)?;
         }
     }
     Ok(out)
@@ -103,9 +106,18 @@ mod tests {
     }
 
     #[test]
-    fn gif_is_a_gif() {
-        let f = grid(&[0.5; 4], 2, 1, 1, 2, 0);
-        let b = gif_bytes(&[f.clone(), f], 50).unwrap();
-        assert!(b.starts_with(b"GIF89a"));
+    fn gif_frames_keep_their_pixels() {
+        use image::AnimationDecoder;
+        let a = grid(&[0.0, 0.25, 0.5, 1.0], 2, 1, 1, 1, 0);
+        let b = grid(&[1.0, 0.75, 0.5, 0.0], 2, 1, 1, 1, 0);
+        let bytes = gif_bytes(&[a.clone(), b.clone()], 50).unwrap();
+        assert!(bytes.starts_with(b"GIF89a"));
+        let frames = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes)).unwrap().into_frames().collect_frames().unwrap();
+        assert_eq!(frames.len(), 2);
+        for (f, want) in frames.iter().zip([&a, &b]) {
+            let got: Vec<u8> = f.buffer().pixels().map(|p| p[0]).collect();
+            assert_eq!(&got, want.as_raw());
+        }
+        assert!(gif_bytes(&[], 50).is_err());
     }
 }
