@@ -47,17 +47,18 @@ pub fn loss_png(losses: &[f32], path: &Path) -> Result<()> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(1usize..losses.len().max(2), (lo..hi).log_scale())
+            // log10 on a linear axis: plotters' log scale labels only whole decades.
+            .build_cartesian_2d(1usize..losses.len().max(2), lo.log10()..hi.log10())
             .map_err(|e| err(&e))?;
-        chart.configure_mesh().x_desc("step").y_desc("loss (log)").draw().map_err(|e| err(&e))?;
+        chart.configure_mesh().x_desc("step").y_desc("loss (log)").y_labels(10).y_label_formatter(&|v| format!("{:.3}", 10f32.powf(*v))).draw().map_err(|e| err(&e))?;
         chart
-            .draw_series(LineSeries::new(losses.iter().enumerate().map(|(i, &v)| (i + 1, v.max(lo))), RGBColor(150, 180, 230)))
+            .draw_series(LineSeries::new(losses.iter().enumerate().map(|(i, &v)| (i + 1, v.max(lo).log10())), RGBColor(150, 180, 230)))
             .map_err(|e| err(&e))?;
         let k = (losses.len() / 100).max(1);
         let smooth: Vec<(usize, f32)> = losses
             .chunks(k)
             .enumerate()
-            .map(|(i, c)| (i * k + c.len() / 2 + 1, (c.iter().sum::<f32>() / c.len() as f32).max(lo)))
+            .map(|(i, c)| (i * k + c.len() / 2 + 1, (c.iter().sum::<f32>() / c.len() as f32).max(lo).log10()))
             .collect();
         chart.draw_series(LineSeries::new(smooth, BLUE.stroke_width(2))).map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
