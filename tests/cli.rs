@@ -2,7 +2,7 @@
 //! files, and bad input (missing data, corrupt or truncated weights, a model of another shape,
 //! a manifest mismatch) ends with a message naming the problem, never a panic.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
@@ -28,6 +28,16 @@ fn fails(cwd: &Path, args: &[&str], needle: &str) {
     assert!(err.contains(needle), "dp {args:?}: expected '{needle}' in: {err}");
 }
 
+/// A scratch directory holding `n` synthetic images under `data/`, and that folder's path.
+fn workspace(name: &str, n: usize) -> (PathBuf, String) {
+    let w = tmp(name);
+    let data = w.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_data(&data, n);
+    let d = data.to_str().unwrap().to_string();
+    (w, d)
+}
+
 fn is_png(p: &Path) {
     let img = image::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     assert!(img.width() > 28 && img.height() > 28);
@@ -35,11 +45,8 @@ fn is_png(p: &Path) {
 
 #[test]
 fn flow_pipeline_and_bad_weights() {
-    let w = tmp("cli-flow");
-    let data = w.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_data(&data, 48);
-    let d = data.to_str().unwrap();
+    let (w, d) = workspace("cli-flow", 48);
+    let d = d.as_str();
     let tiny = ["--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1"];
 
     ok(&w, &[&["train", "class-flow", "--out", "run"][..], &tiny].concat());
@@ -93,11 +100,8 @@ fn flow_pipeline_and_bad_weights() {
 
 #[test]
 fn denoiser_figures() {
-    let w = tmp("cli-denoise");
-    let data = w.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_data(&data, 24);
-    let d = data.to_str().unwrap();
+    let (w, d) = workspace("cli-denoise", 24);
+    let d = d.as_str();
     let tiny = ["--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1"];
     ok(&w, &[&["train", "denoiser", "--out", "dn"][..], &tiny].concat());
     is_png(&w.join("dn/denoise_epoch1.png"));
