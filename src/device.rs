@@ -1,6 +1,7 @@
 //! The one place a backend is chosen. Model code only ever sees a `burn::tensor::Device`.
 
 use crate::{Error, Result};
+#[cfg(not(target_arch = "wasm32"))]
 use burn::tensor::Device;
 
 /// A backend the user can pick at run time (`--device cpu|wgpu|cuda`).

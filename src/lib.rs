@@ -13,5 +13,7 @@ pub mod mnist;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod plot;
 pub mod rng;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};

@@ -1,0 +1,282 @@
+//! The page's wasm API (wasm32 only). The page runs it inside a Web Worker so the UI never
+//! blocks; this layer only turns JS values into library calls and back, and holds no model logic.
+//!
+//! Every call that can fail on user input returns a rejected Promise / thrown `Error` whose
+//! message names the file or value at fault. Methods return Promises built with
+//! `future_to_promise` over cloned state, so a long generation never holds a borrow of the
+//! playground across an `await`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use burn::prelude::*;
+use js_sys::{Float32Array, Function, Promise};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{JsFuture, future_to_promise};
+
+use crate::mnist::classifier::{Classifier, argmax_rows};
+use crate::mnist::flow::{Conditions, FlowSampler, Solver, noise};
+use crate::mnist::package::{Manifest, ModelKind, classifier_from_bytes, unet_from_bytes};
+use crate::mnist::unet::{Conditioning, UNet};
+use crate::mnist::{PIXELS, SIDE};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+#[wasm_bindgen(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+fn js_err(e: Error) -> JsValue {
+    js_sys::Error::new(&e.to_string()).into()
+}
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+#[derive(Default)]
+struct State {
+    manifest: Option<Manifest>,
+    unets: BTreeMap<String, UNet>,
+    classifier: Option<Classifier>,
+}
+
+/// The models on one device. Create with [`Playground::create`].
+#[wasm_bindgen]
+pub struct Playground {
+    device: Device,
+    backend: String,
+    adapter: String,
+    state: Rc<RefCell<State>>,
+}
+
+#[wasm_bindgen]
+impl Playground {
+    /// Opens a compute device: `"webgpu"` (through wgpu; rejects when the browser has no usable
+    /// adapter, so the caller can fall back) or `"cpu"` (burn's Flex backend compiled to wasm).
+    pub fn create(backend: String) -> Promise {
+        future_to_promise(async move {
+            let (device, backend, adapter) = match backend.as_str() {
+                "webgpu" => {
+                    let (device, setup) = Device::wgpu_options()
+                        .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
+                        .init_with_setup_async()
+                        .await
+                        .map_err(|e| js_err(Error::Device(format!("WebGPU could not be initialised: {e}"))))?;
+                    let info = setup.adapter.get_info();
+                    let name = [info.name.as_str(), info.driver.as_str(), info.driver_info.as_str()]
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(" / ");
+                    let adapter = if name.is_empty() { format!("{:?} adapter", info.backend) } else { name };
+                    (device, "webgpu", adapter)
+                }
+                "cpu" => (Device::flex(), "cpu", "burn Flex on the CPU (wasm, one thread)".to_string()),
+                other => return Err(js_err(Error::Invalid(format!("unknown backend '{other}': use webgpu or cpu")))),
+            };
+            let pg = Playground { device, backend: backend.into(), adapter, state: Rc::default() };
+            Ok(pg.into())
+        })
+    }
+
+    /// `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        self.backend.clone()
+    }
+
+    /// A human description of the adapter in use.
+    #[wasm_bindgen(getter)]
+    pub fn adapter(&self) -> String {
+        self.adapter.clone()
+    }
+
+    /// Reads `pkg/manifest.json`; returns its entries (name, kind, file, bytes, conditioning, notes).
+    #[wasm_bindgen(js_name = setManifest)]
+    pub fn set_manifest(&self, json: &str) -> std::result::Result<JsValue, JsValue> {
+        let m = Manifest::parse(json, "pkg/manifest.json").map_err(js_err)?;
+        let out = serde_json::to_string(&m.models).map_err(|e| js_err(Error::Invalid(e.to_string())))?;
+        self.state.borrow_mut().manifest = Some(m);
+        js_sys::JSON::parse(&out)
+    }
+
+    /// Checks `bytes` against the manifest entry `name` (size and sha256), then builds the model
+    /// on this playground's device.
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(&self, name: &str, bytes: &[u8]) -> std::result::Result<(), JsValue> {
+        let mut st = self.state.borrow_mut();
+        let entry = st
+            .manifest
+            .as_ref()
+            .ok_or_else(|| js_err(Error::Invalid("load pkg/manifest.json before the models".into())))?
+            .get(name)
+            .map_err(js_err)?
+            .clone();
+        entry.verify(bytes).map_err(js_err)?;
+        let source = format!("pkg/{}", entry.file);
+        match entry.kind {
+            ModelKind::Unet => {
+                let config = entry.unet_config().map_err(js_err)?;
+                let model = unet_from_bytes(&config, bytes, &source, &self.device).map_err(js_err)?;
+                st.unets.insert(name.to_string(), model);
+            }
+            ModelKind::Classifier => {
+                st.classifier = Some(classifier_from_bytes(bytes, &source, &self.device).map_err(js_err)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Draws `labels.length` digits with the flow model `model` (labels are ignored by a
+    /// time-only model), `steps` steps of `solver` ("euler" | "heun") at guidance `guidance`,
+    /// from the noise of `seed` (the same noise as `dp sample --seed`).
+    ///
+    /// After each step `on_step(step, steps, pixels, ms)` is called with the current images
+    /// (`[n*28*28]` floats, 0 = black, 1 = white); it may return a boolean or a Promise of one:
+    /// `false` cancels (the Promise then resolves to `null`). Awaiting a returned Promise also
+    /// lets the worker's event loop run between steps, which is how a cancel message gets in.
+    /// Resolves to the final images as a Float32Array.
+    pub fn generate(&self, model: &str, labels: Vec<u32>, guidance: f32, steps: u32, solver: &str, seed: u32, on_step: Function) -> Promise {
+        let prepared = self.flow_model(model).and_then(|unet| {
+            let solver = match solver {
+                "euler" => Solver::Euler,
+                "heun" => Solver::Heun,
+                other => return Err(Error::Invalid(format!("unknown solver '{other}': use euler or heun"))),
+            };
+            if !(1..=1000).contains(&steps) {
+                return Err(Error::Invalid(format!("steps must be 1..1000, got {steps}")));
+            }
+            if !guidance.is_finite() || !(0.0..=50.0).contains(&guidance) {
+                return Err(Error::Invalid(format!("guidance must be between 0 and 50, got {guidance}")));
+            }
+            if labels.is_empty() || labels.len() > 256 {
+                return Err(Error::Invalid(format!("ask for 1..256 images, got {}", labels.len())));
+            }
+            if let Some(bad) = labels.iter().find(|&&l| l > 9) {
+                return Err(Error::Invalid(format!("digit {bad} is not 0-9")));
+            }
+            Ok((unet, solver))
+        });
+        let device = self.device.clone();
+        future_to_promise(async move {
+            let (unet, solver) = prepared.map_err(js_err)?;
+            let n = labels.len();
+            let cond = Conditions { labels: labels.iter().map(|&l| l as usize).collect(), guidance };
+            let sampler = FlowSampler::new(solver, steps as usize);
+            let mut x = noise(&mut Rng::new(seed as u64), n, &device);
+            for i in 0..sampler.steps {
+                let t0 = now_ms();
+                x = sampler.step(&unet, x, i, &cond);
+                // Reading back waits for the GPU, so `ms` is the real cost of the step.
+                let pixels = read_f32(x.clone()).await?;
+                let ms = now_ms() - t0;
+                let arr = Float32Array::from(pixels.as_slice());
+                let ret = on_step.call4(&JsValue::NULL, &(i as u32).into(), &(sampler.steps as u32).into(), &arr, &ms.into())?;
+                if !keep_going(ret).await? {
+                    return Ok(JsValue::NULL);
+                }
+            }
+            let pixels = read_f32(x).await?;
+            Ok(Float32Array::from(pixels.as_slice()).into())
+        })
+    }
+
+    /// Classifies `[n*28*28]` images; resolves to `[digit0, confidence0, digit1, ...]`.
+    pub fn classify(&self, pixels: Vec<f32>) -> Promise {
+        let prepared = (|| {
+            let clf = self
+                .state
+                .borrow()
+                .classifier
+                .clone()
+                .ok_or_else(|| Error::Invalid("the classifier is not loaded".into()))?;
+            let x = images_tensor(&pixels, &self.device)?;
+            Ok((clf, x))
+        })();
+        future_to_promise(async move {
+            let (clf, x) = prepared.map_err(js_err)?;
+            let (probs, _) = clf.probs_and_features(x);
+            let probs = read_f32(probs).await?;
+            let out: Vec<f32> = argmax_rows(&probs, 10).into_iter().flat_map(|(d, p)| [d as f32, p]).collect();
+            Ok(Float32Array::from(out.as_slice()).into())
+        })
+    }
+
+    /// The denoiser playground: adds `sigma`-scaled noise of `seed` to `[n*28*28]` images and runs
+    /// the denoiser `model` on the result. Resolves to `[noisy..., denoised...]` (2*n*784 floats).
+    pub fn denoise(&self, model: &str, pixels: Vec<f32>, sigma: f32, seed: u32) -> Promise {
+        let prepared = (|| {
+            let unet = self.unet(model)?;
+            if unet.conditioning() != Conditioning::None {
+                return Err(Error::Invalid(format!("'{model}' is a flow model, not a denoiser")));
+            }
+            if !sigma.is_finite() || !(0.0..=5.0).contains(&sigma) {
+                return Err(Error::Invalid(format!("sigma must be between 0 and 5, got {sigma}")));
+            }
+            let x = images_tensor(&pixels, &self.device)?;
+            Ok((unet, x))
+        })();
+        let device = self.device.clone();
+        future_to_promise(async move {
+            let (unet, x) = prepared.map_err(js_err)?;
+            let n = x.dims()[0];
+            let z = x + noise(&mut Rng::new(seed as u64), n, &device) * sigma;
+            let d = unet.forward(z.clone(), None, None);
+            let mut out = read_f32(z).await?;
+            out.extend(read_f32(d).await?);
+            Ok(Float32Array::from(out.as_slice()).into())
+        })
+    }
+}
+
+impl Playground {
+    fn unet(&self, name: &str) -> Result<UNet> {
+        let st = self.state.borrow();
+        st.unets.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = st.unets.keys().map(String::as_str).collect();
+            Error::Invalid(format!("model '{name}' is not loaded (loaded: {})", if known.is_empty() { "none".into() } else { known.join(", ") }))
+        })
+    }
+
+    fn flow_model(&self, name: &str) -> Result<UNet> {
+        let unet = self.unet(name)?;
+        if unet.conditioning() == Conditioning::None {
+            return Err(Error::Invalid(format!("'{name}' is a denoiser, not a flow model")));
+        }
+        Ok(unet)
+    }
+}
+
+/// `[n*784]` floats -> `[n, 1, 28, 28]`, checking the length.
+fn images_tensor(pixels: &[f32], device: &Device) -> Result<Tensor<4>> {
+    if pixels.is_empty() || pixels.len() % PIXELS != 0 {
+        return Err(Error::Invalid(format!("expected a multiple of {PIXELS} pixels (28x28 images), got {}", pixels.len())));
+    }
+    if pixels.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Invalid("the image contains NaN or infinite values".into()));
+    }
+    let n = pixels.len() / PIXELS;
+    Ok(Tensor::from_data(TensorData::new(pixels.to_vec(), [n, 1, SIDE, SIDE]), device))
+}
+
+/// The browser-safe readback (a blocking read panics on WebGPU).
+async fn read_f32<const D: usize>(t: Tensor<D>) -> std::result::Result<Vec<f32>, JsValue> {
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| js_err(Error::Device(format!("reading results back from the device failed ({e:?}); the GPU may have been lost: reload the page"))))?;
+    data.try_into_vec::<f32>().map_err(|e| js_err(Error::Device(format!("unexpected result type: {e:?}"))))
+}
+
+/// Interprets the step callback's answer: a Promise is awaited; only an explicit `false` stops.
+async fn keep_going(ret: JsValue) -> std::result::Result<bool, JsValue> {
+    let v = match ret.dyn_into::<Promise>() {
+        Ok(p) => JsFuture::from(p).await?,
+        Err(v) => v,
+    };
+    Ok(v.as_bool() != Some(false))
+}

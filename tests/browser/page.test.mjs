@@ -1,0 +1,205 @@
+// Browser tests: headless Chromium (WebGPU on SwiftShader, a CPU-emulated GPU) driven by
+// Playwright against the trunk build in dist/, served under a GitHub-Pages-like sub-path.
+// Run: node --test tests/browser/   (after `trunk build`; scripts/test.sh does both)
+// Screenshots go to tests/browser/artifacts/.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, readFile } from 'node:fs/promises';
+import { chromium } from 'playwright-core';
+import { serve } from './serve.mjs';
+
+const BASE = '/diffusion-playground/';
+const ARTIFACTS = new URL('./artifacts/', import.meta.url).pathname;
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const FLAGS = ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--disable-quic', '--disable-dev-shm-usage'];
+// SwiftShader runs the GPU on the CPU: generous, but bounded.
+const LOAD_MS = 240_000;
+const JOB_MS = 300_000;
+
+let site, gpuBrowser, noGpuBrowser;
+
+before(async () => {
+  await mkdir(ARTIFACTS, { recursive: true });
+  site = await serve({ dir: 'dist', base: BASE });
+  gpuBrowser = await chromium.launch({ executablePath: CHROMIUM, args: [...FLAGS, '--enable-unsafe-webgpu'] });
+  noGpuBrowser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS });
+});
+
+after(async () => {
+  await gpuBrowser?.close();
+  await noGpuBrowser?.close();
+  site?.server.close();
+});
+
+async function open(browser, query = '', setup) {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 1400 } });
+  const logs = [];
+  page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+  page.logs = logs;
+  if (setup) await setup(page);
+  await page.goto(site.url + query);
+  return page;
+}
+
+async function waitReady(page) {
+  try {
+    await page.waitForFunction(() => window.playground?.ready || !document.getElementById('error').hidden, null, { timeout: LOAD_MS });
+  } catch (e) {
+    throw new Error(`page never became ready: ${e.message}\n${page.logs.join('\n')}`);
+  }
+  const error = await page.locator('#error').textContent();
+  assert.equal(await page.locator('#error').isHidden(), true, `page error: ${error}\n${page.logs.join('\n')}`);
+}
+
+async function set(page, id, value) {
+  await page.locator(`#${id}`).fill(String(value));
+  await page.locator(`#${id}`).dispatchEvent('input');
+}
+
+async function waitIdle(page) {
+  await page.waitForFunction(() => !document.getElementById('gen-one').disabled || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+}
+
+test('the site lives under the project sub-path and its root is elsewhere', async () => {
+  const root = await fetch(site.url.replace(BASE, '/'));
+  assert.equal(root.status, 404);
+  const page = await open(gpuBrowser);
+  const html = await page.content();
+  assert.ok(!/(src|href)="\/(?!\/)/.test(html), 'no absolute asset URLs: they would escape the sub-path');
+  await waitReady(page);
+  await page.close();
+});
+
+test('WebGPU: digit 7 with a fixed seed is drawn, and the in-page classifier reads the canvas as 7', async () => {
+  const page = await open(gpuBrowser);
+  await waitReady(page);
+  assert.match(await page.locator('#backend').textContent(), /^WebGPU: /);
+  await page.locator('label.digit-pick', { hasText: '7' }).click();
+  await set(page, 'steps', 10);
+  await set(page, 'guidance', 5);
+  await page.locator('#seed').fill('0');
+  await page.locator('#gen-one').click();
+  await page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  await page.screenshot({ path: `${ARTIFACTS}webgpu-digit7.png`, fullPage: true });
+  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  // Read the pixels the user sees back from the canvas and ask the page's classifier.
+  const pixels = await page.evaluate(() => window.playground.readDigit('one'));
+  assert.ok(Math.max(...pixels) > 0.5 && Math.min(...pixels) < 0.1, 'the canvas holds a digit, not a flat image');
+  const [digit, confidence] = await page.evaluate((p) => window.playground.classify(p), pixels);
+  assert.equal(digit, 7, `classified as ${digit} (${confidence})`);
+  assert.ok(confidence > 0.5, `confidence ${confidence}`);
+  assert.match(await page.locator('#one-verdict').textContent(), /classifier: 7, \d+%/);
+  assert.match(await page.locator('#timing').textContent(), /step 10\/10, \d+ ms per step, [\d.]+ s in total/);
+  await page.close();
+});
+
+test('WebGPU: the 4 x 10 grid renders 40 digits, each with a verdict', async () => {
+  const page = await open(gpuBrowser);
+  await waitReady(page);
+  await set(page, 'steps', 2);
+  await page.locator('#gen-grid').click();
+  await page.waitForFunction(() => [...document.querySelectorAll('#grid figcaption')].every((c) => /\d, \d+%/.test(c.textContent)) || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  await page.screenshot({ path: `${ARTIFACTS}webgpu-grid.png`, fullPage: true });
+  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  const stats = await page.evaluate(() => [...document.querySelectorAll('#grid canvas')].map((c) => {
+    const d = c.getContext('2d').getImageData(0, 0, 28, 28).data;
+    let lo = 255, hi = 0;
+    for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+    return hi - lo;
+  }));
+  assert.equal(stats.length, 40);
+  assert.ok(stats.every((range) => range > 64), `every grid cell has content: ${stats}`);
+  await page.close();
+});
+
+test('WebGPU: a running generation can be cancelled and the page stays usable', async () => {
+  const page = await open(gpuBrowser);
+  await waitReady(page);
+  await set(page, 'steps', 100);
+  await page.locator('#gen-one').click();
+  await page.waitForFunction(() => /^step [1-9]/.test(document.getElementById('timing').textContent), null, { timeout: JOB_MS });
+  // The UI thread answers while the worker computes.
+  const t0 = Date.now();
+  await page.evaluate(() => 1 + 1);
+  assert.ok(Date.now() - t0 < 2000, 'the page responds during generation');
+  await page.locator('#cancel').click();
+  await page.waitForFunction(() => /cancelled/.test(document.getElementById('timing').textContent), null, { timeout: JOB_MS });
+  await waitIdle(page);
+  assert.equal(await page.locator('#gen-one').isDisabled(), false);
+  await page.close();
+});
+
+test('the denoiser playground: a drawn digit is noised and denoised', async (t) => {
+  const page = await open(gpuBrowser);
+  await waitReady(page);
+  if (await page.locator('#denoise').isDisabled()) {
+    const models = JSON.parse(await readFile('pkg/manifest.json', 'utf8')).models.map((m) => m.name);
+    assert.ok(!models.includes('denoiser'), 'the denoiser is in pkg/ but the page did not enable it');
+    t.skip('no denoiser in pkg/manifest.json');
+    return;
+  }
+  // Draw a "1"-like stroke and a bar with the mouse.
+  const box = await page.locator('#pad').boundingBox();
+  await page.mouse.move(box.x + 140, box.y + 40);
+  await page.mouse.down();
+  await page.mouse.move(box.x + 140, box.y + 240, { steps: 12 });
+  await page.mouse.up();
+  await page.mouse.move(box.x + 90, box.y + 240);
+  await page.mouse.down();
+  await page.mouse.move(box.x + 190, box.y + 240, { steps: 8 });
+  await page.mouse.up();
+  await set(page, 'sigma', 0.5);
+  await page.locator('#denoise').click();
+  await waitIdle(page);
+  await page.screenshot({ path: `${ARTIFACTS}webgpu-denoiser.png`, fullPage: true });
+  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  const [clean, noisy, denoised] = await Promise.all(['clean', 'noisy', 'denoised'].map((id) => page.evaluate((i) => window.playground.readDigit(i), id)));
+  const mse = (a, b) => a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0) / a.length;
+  assert.ok(Math.max(...clean) > 0.9, 'the drawing reached the 28x28 input');
+  assert.ok(mse(noisy, clean) > 0.05, `noise was added (mse ${mse(noisy, clean)})`);
+  assert.ok(mse(denoised, clean) < mse(noisy, clean) / 2, `denoised (${mse(denoised, clean)}) is much closer to the drawing than noisy (${mse(noisy, clean)})`);
+  await page.close();
+});
+
+test('without WebGPU the page falls back to the CPU with a visible notice, and still generates', async () => {
+  const page = await open(noGpuBrowser);
+  await waitReady(page);
+  assert.match(await page.locator('#backend').textContent(), /^CPU fallback/);
+  assert.equal(await page.locator('#notice').isVisible(), true);
+  assert.match(await page.locator('#notice').textContent(), /WebGPU.*CPU/);
+  await set(page, 'steps', 3);
+  await page.locator('#gen-one').click();
+  await page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  await page.screenshot({ path: `${ARTIFACTS}cpu-fallback.png`, fullPage: true });
+  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  await page.close();
+});
+
+test('a corrupt weights file gives a readable error in the page', async () => {
+  const page = await open(noGpuBrowser, '', async (p) => {
+    await p.route('**/pkg/class_flow.bpk', async (route) => {
+      const res = await route.fetch();
+      const body = Buffer.from(await res.body());
+      body[body.length >> 1] ^= 0xff; // one flipped byte
+      await route.fulfill({ response: res, body });
+    });
+  });
+  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: LOAD_MS });
+  const text = await page.locator('#error').textContent();
+  await page.screenshot({ path: `${ARTIFACTS}corrupt-weights.png`, fullPage: true });
+  assert.match(text, /class_flow/);
+  assert.match(text, /sha256 .* does not match/);
+  // The rest of the page still works: the class-conditioned model is marked unavailable.
+  await page.waitForFunction(() => window.playground.ready, null, { timeout: LOAD_MS });
+  assert.equal(await page.locator('#model option[value="class_flow"]').isDisabled(), true);
+  await page.close();
+});
+
+test('a missing manifest stops start-up with a readable error', async () => {
+  const page = await open(noGpuBrowser, '', (p) => p.route('**/pkg/manifest.json', (r) => r.fulfill({ status: 404, body: 'nope' })));
+  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: LOAD_MS });
+  assert.match(await page.locator('#error').textContent(), /could not start: pkg\/manifest.json: HTTP 404/);
+  await page.close();
+});

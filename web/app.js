@@ -1,0 +1,387 @@
+// The page: UI only. All model work happens in worker.js (the wasm module lives there).
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const SIDE = 28;
+const PIXELS = SIDE * SIDE;
+
+const state = {
+  worker: null,
+  ready: false,
+  models: new Map(), // name -> manifest entry
+  backend: params.get('backend') || 'auto',
+  nextId: 1,
+  pending: new Map(), // id -> {resolve, reject, onStep}
+  running: null, // id of the generation in progress
+  digit: 7,
+  firstDigitMs: null,
+};
+
+// ---------- errors and status ----------
+function showError(message) {
+  const el = $('error');
+  el.textContent = message;
+  el.hidden = false;
+}
+function clearError() { $('error').hidden = true; }
+function showNotice(message) {
+  const el = $('notice');
+  el.textContent = message;
+  el.hidden = !message;
+}
+
+// ---------- the worker ----------
+function startWorker(backend) {
+  if (state.worker) state.worker.terminate();
+  state.ready = false;
+  state.backend = backend;
+  const w = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  w.onmessage = (e) => onWorkerMessage(e.data);
+  w.onerror = (e) => {
+    e.preventDefault();
+    const msg = e.message || 'the worker script failed to load';
+    if (backend !== 'cpu' && !state.ready) {
+      startWorker('cpu');
+      showNotice(`WebGPU start-up crashed (${msg}): running on the CPU instead, which is much slower.`);
+    } else {
+      showError(`The compute worker failed: ${msg}. Reload the page; if it persists, your browser may not support module workers or WebAssembly SIMD.`);
+    }
+  };
+  state.worker = w;
+  w.postMessage({ type: 'init', id: 0, backend });
+}
+
+function request(msg, onStep) {
+  const id = state.nextId++;
+  return new Promise((resolve, reject) => {
+    state.pending.set(id, { resolve, reject, onStep });
+    state.worker.postMessage({ ...msg, id });
+  });
+}
+
+function onWorkerMessage(msg) {
+  const job = state.pending.get(msg.id);
+  switch (msg.type) {
+    case 'status':
+      $('backend').textContent = msg.text;
+      break;
+    case 'progress':
+      $('load-progress').textContent = msg.total
+        ? `${msg.name}: ${(msg.loaded / 1e6).toFixed(1)} / ${(msg.total / 1e6).toFixed(1)} MB`
+        : `${msg.name}: ${(msg.loaded / 1e6).toFixed(1)} MB`;
+      break;
+    case 'ready':
+      onReady(msg);
+      break;
+    case 'step':
+      if (job && job.onStep) job.onStep(msg);
+      break;
+    case 'done': case 'denoised': case 'classified':
+      state.pending.delete(msg.id);
+      if (job) job.resolve(msg);
+      break;
+    case 'error':
+      if (msg.job === 'init') {
+        // A crash while opening WebGPU: retry on the CPU once.
+        if (msg.fatal && state.backend === 'auto' && /RuntimeError|unreachable/i.test(msg.message)) {
+          showNotice(`WebGPU start-up crashed (${msg.message}): running on the CPU instead, which is much slower.`);
+          startWorker('cpu');
+          return;
+        }
+        $('backend').textContent = 'Not ready';
+        showError(`The page could not start: ${msg.message}`);
+        return;
+      }
+      state.pending.delete(msg.id);
+      if (job) job.reject(new Error(msg.message));
+      else showError(msg.message);
+      if (msg.fatal) {
+        showError(`The compute engine crashed (${msg.message}). Reload the page to start again.`);
+        setBusy(true);
+      }
+      break;
+  }
+}
+
+function onReady(msg) {
+  state.ready = true;
+  state.models = new Map(msg.models.map((m) => [m.name, m]));
+  const label = msg.backend === 'webgpu' ? `WebGPU: ${msg.adapter}` : `CPU fallback: ${msg.adapter}`;
+  $('backend').textContent = label;
+  $('backend').dataset.backend = msg.backend;
+  $('load-progress').textContent = '';
+  if (msg.notice) showNotice(msg.notice);
+  if (msg.failed.length) {
+    showError(msg.failed.map((f) => `Could not load model '${f.name}': ${f.message}`).join('\n')
+      + '\nReload the page to fetch it again; if this persists, the site\'s pkg/ files are damaged (rebuild and redeploy them).');
+  }
+  for (const opt of $('model').options) {
+    const have = state.models.has(opt.value);
+    opt.disabled = !have;
+    if (!have && !opt.textContent.includes('not available')) opt.textContent += ' (not available)';
+  }
+  if (!state.models.has($('model').value)) {
+    const first = [...$('model').options].find((o) => !o.disabled);
+    if (first) $('model').value = first.value;
+  }
+  onModelChange();
+  setBusy(false);
+  if (params.has('bench')) runBenchmark();
+}
+
+// ---------- drawing ----------
+function drawDigit(canvas, pixels, offset = 0) {
+  const ctx = canvas.getContext('2d');
+  const img = ctx.createImageData(SIDE, SIDE);
+  for (let i = 0; i < PIXELS; i++) {
+    const v = pixels[offset + i];
+    const g = Number.isFinite(v) ? Math.round(Math.min(1, Math.max(0, v)) * 255) : 0;
+    img.data[4 * i] = g; img.data[4 * i + 1] = g; img.data[4 * i + 2] = g; img.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function readDigit(canvas) {
+  const d = canvas.getContext('2d').getImageData(0, 0, SIDE, SIDE).data;
+  const out = new Float32Array(PIXELS);
+  for (let i = 0; i < PIXELS; i++) out[i] = d[4 * i] / 255;
+  return out;
+}
+
+const verdictText = (v, i) => `${v[2 * i]}, ${Math.round(v[2 * i + 1] * 100)}%`;
+
+function buildGrid() {
+  const grid = $('grid');
+  grid.innerHTML = '';
+  for (let i = 0; i < 40; i++) {
+    const f = document.createElement('figure');
+    const c = document.createElement('canvas');
+    c.width = SIDE; c.height = SIDE; c.className = 'digit';
+    const cap = document.createElement('figcaption');
+    cap.innerHTML = '&nbsp;';
+    f.append(c, cap);
+    grid.append(f);
+  }
+}
+
+// ---------- generation ----------
+function setBusy(busy) {
+  const ready = state.ready && !busy;
+  for (const id of ['gen-one', 'gen-grid']) $(id).disabled = !ready || !state.models.has($('model').value);
+  $('denoise').disabled = !ready || !state.models.has('denoiser');
+  $('cancel').disabled = !busy || state.running === null;
+}
+
+function settings() {
+  const model = $('model').value;
+  const seed = Number($('seed').value) >>> 0;
+  return {
+    model,
+    guidance: Number($('guidance').value),
+    steps: Number($('steps').value),
+    solver: $('solver').value,
+    seed,
+  };
+}
+
+async function generate(labels, onStep) {
+  clearError();
+  const s = settings();
+  const msg = { type: 'generate', ...s, labels };
+  const stepMs = [];
+  setBusy(true);
+  const req = request(msg, (m) => { stepMs.push(m.ms); onStep(m); showTiming(m.step + 1, m.steps, stepMs, null); });
+  state.running = state.nextId - 1;
+  setBusy(true);
+  try {
+    const done = await req;
+    showTiming(stepMs.length, s.steps, stepMs, done);
+    return { ...done, stepMs };
+  } finally {
+    state.running = null;
+    setBusy(false);
+  }
+}
+
+function showTiming(done, total, stepMs, result) {
+  const mean = stepMs.length ? stepMs.reduce((a, b) => a + b, 0) / stepMs.length : 0;
+  let text = `step ${done}/${total}, ${mean.toFixed(0)} ms per step`;
+  if (result) text += result.cancelled ? ' - cancelled' : `, ${(result.totalMs / 1000).toFixed(2)} s in total`;
+  $('timing').textContent = text;
+}
+
+async function generateOne() {
+  const canvas = $('one');
+  $('one-verdict').innerHTML = '&nbsp;';
+  const label = $('model').value === 'class_flow' ? state.digit : 0;
+  try {
+    const r = await generate([label], (m) => drawDigit(canvas, m.pixels));
+    if (r.cancelled) return r;
+    drawDigit(canvas, r.pixels);
+    if (r.verdicts) $('one-verdict').textContent = `classifier: ${verdictText(r.verdicts, 0)}`;
+    if (state.firstDigitMs === null) state.firstDigitMs = performance.now();
+    return r;
+  } catch (e) {
+    showError(`Generation failed: ${e.message}`);
+    throw e;
+  }
+}
+
+async function generateGrid() {
+  const figs = [...$('grid').children];
+  const labels = [];
+  for (let row = 0; row < 4; row++) for (let d = 0; d < 10; d++) labels.push(d);
+  const draw = (pixels) => figs.forEach((f, i) => drawDigit(f.firstChild, pixels, i * PIXELS));
+  figs.forEach((f) => { f.lastChild.innerHTML = '&nbsp;'; });
+  try {
+    const r = await generate(labels, (m) => draw(m.pixels));
+    if (r.cancelled) return r;
+    draw(r.pixels);
+    if (r.verdicts) figs.forEach((f, i) => { f.lastChild.textContent = verdictText(r.verdicts, i); });
+    return r;
+  } catch (e) {
+    showError(`Generation failed: ${e.message}`);
+    throw e;
+  }
+}
+
+function onModelChange() {
+  const conditional = $('model').value === 'class_flow';
+  $('digits').disabled = !conditional;
+  $('guidance').disabled = !conditional;
+  setBusy(false);
+}
+
+// ---------- the denoiser playground ----------
+function setupPad() {
+  const pad = $('pad');
+  const ctx = pad.getContext('2d');
+  const clear = () => { ctx.fillStyle = '#000'; ctx.fillRect(0, 0, pad.width, pad.height); };
+  clear();
+  let last = null;
+  const pos = (e) => {
+    const r = pad.getBoundingClientRect();
+    return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height];
+  };
+  pad.addEventListener('pointerdown', (e) => { pad.setPointerCapture(e.pointerId); last = pos(e); stroke(last, last); });
+  pad.addEventListener('pointermove', (e) => { if (last) { const p = pos(e); stroke(last, p); last = p; } });
+  const end = () => { if (last) { last = null; updateClean(); } };
+  pad.addEventListener('pointerup', end);
+  pad.addEventListener('pointercancel', end);
+  function stroke(a, b) {
+    ctx.strokeStyle = '#fff'; ctx.lineWidth = 22; ctx.lineCap = 'round'; ctx.lineJoin = 'round';
+    ctx.beginPath(); ctx.moveTo(a[0], a[1]); ctx.lineTo(b[0], b[1]); ctx.stroke();
+  }
+  $('clear-pad').onclick = () => { clear(); updateClean(); };
+}
+
+// MNIST-style preprocessing: fit the drawing's bounding box into 20x20, centred in 28x28.
+function padToDigit() {
+  const pad = $('pad');
+  const src = pad.getContext('2d').getImageData(0, 0, pad.width, pad.height).data;
+  let x0 = pad.width, y0 = pad.height, x1 = -1, y1 = -1;
+  for (let y = 0; y < pad.height; y++) for (let x = 0; x < pad.width; x++) {
+    if (src[4 * (y * pad.width + x)] > 20) { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); }
+  }
+  const tmp = document.createElement('canvas');
+  tmp.width = SIDE; tmp.height = SIDE;
+  const t = tmp.getContext('2d');
+  t.fillStyle = '#000'; t.fillRect(0, 0, SIDE, SIDE);
+  if (x1 >= 0) {
+    const w = x1 - x0 + 1, h = y1 - y0 + 1, s = 20 / Math.max(w, h);
+    t.imageSmoothingEnabled = true; t.imageSmoothingQuality = 'high';
+    t.drawImage(pad, x0, y0, w, h, (SIDE - w * s) / 2, (SIDE - h * s) / 2, w * s, h * s);
+  }
+  return readDigit(tmp);
+}
+
+function updateClean() { drawDigit($('clean'), padToDigit()); }
+
+async function denoise() {
+  clearError();
+  setBusy(true);
+  try {
+    const r = await request({
+      type: 'denoise', model: 'denoiser', pixels: readDigit($('clean')),
+      sigma: Number($('sigma').value), seed: Number($('noise-seed').value) >>> 0,
+    });
+    drawDigit($('noisy'), r.noisy);
+    drawDigit($('denoised'), r.denoised);
+    return r;
+  } catch (e) {
+    showError(`Denoising failed: ${e.message}`);
+    throw e;
+  } finally {
+    setBusy(false);
+  }
+}
+
+// ---------- benchmark mode (?bench) ----------
+async function runBenchmark() {
+  const out = $('bench');
+  out.hidden = false;
+  out.textContent = 'benchmark running…';
+  const steps = Number(params.get('bench-steps') || 5);
+  const gridSteps = Number(params.get('bench-grid-steps') || 2);
+  $('model').value = 'class_flow';
+  $('steps').value = steps; $('guidance').value = 5; $('solver').value = 'euler';
+  const one = await generateOne();
+  const firstDigitMs = state.firstDigitMs;
+  const oneAgain = await generateOne(); // warm: shaders compiled
+  $('steps').value = gridSteps;
+  const grid = await generateGrid();
+  const median = (a) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
+  const result = {
+    backend: $('backend').textContent,
+    page_load_to_first_digit_ms: Math.round(firstDigitMs),
+    first_digit_steps: steps,
+    batch1_guided_ms_per_step_cold_median: Math.round(median(one.stepMs)),
+    batch1_guided_ms_per_step_warm_median: Math.round(median(oneAgain.stepMs)),
+    grid40_guided_ms_per_step_median: Math.round(median(grid.stepMs)),
+    grid_steps: gridSteps,
+    user_agent: navigator.userAgent,
+  };
+  out.textContent = JSON.stringify(result, null, 2);
+  out.dataset.done = '1';
+}
+
+// ---------- wiring ----------
+function setup() {
+  const digits = $('digits');
+  for (let d = 0; d < 10; d++) {
+    const l = document.createElement('label');
+    l.className = 'digit-pick';
+    l.innerHTML = `<input type="radio" name="digit" value="${d}" ${d === state.digit ? 'checked' : ''}/><span>${d}</span>`;
+    digits.append(l);
+  }
+  digits.addEventListener('change', (e) => { state.digit = Number(e.target.value); });
+  for (const id of ['guidance', 'steps', 'sigma']) {
+    const sync = () => { $(`${id}-out`).textContent = $(id).value; };
+    $(id).addEventListener('input', sync);
+    sync();
+  }
+  $('random-seed').onclick = () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); };
+  $('model').onchange = onModelChange;
+  $('gen-one').onclick = () => generateOne().catch(() => {});
+  $('gen-grid').onclick = () => generateGrid().catch(() => {});
+  $('cancel').onclick = () => { if (state.running !== null) state.worker.postMessage({ type: 'cancel', id: state.running }); };
+  $('denoise').onclick = () => denoise().catch(() => {});
+  buildGrid();
+  setupPad();
+  updateClean();
+  setBusy(false);
+  if (typeof WebAssembly !== 'object') {
+    showError('This browser cannot run WebAssembly, which the playground needs. Try a current Chrome, Edge, Firefox or Safari.');
+    return;
+  }
+  startWorker(state.backend);
+}
+
+// For tests and the console: the same entry points the buttons use.
+window.playground = {
+  classify: (pixels) => request({ type: 'classify', pixels: Array.from(pixels) }).then((r) => r.verdicts),
+  readDigit: (id) => Array.from(readDigit($(id))),
+  generateOne, generateGrid, denoise,
+  get ready() { return state.ready; },
+};
+
+setup();

@@ -1,0 +1,158 @@
+// The compute worker: owns the wasm module and the models, so the page never blocks.
+// Protocol (all messages are plain objects with a `type`):
+//   page -> worker: init {backend: 'auto'|'webgpu'|'cpu'}, generate {...}, denoise {...}, classify {...}, cancel {id}
+//   worker -> page: status, progress, ready, step, done, denoised, classified, error
+import init, { Playground } from './diffusion-playground.js';
+
+let pg = null;
+let hasClassifier = false;
+let current = null; // the job running now: {id, cancelled}
+const queue = [];
+let busy = false;
+
+const post = (msg, transfer) => self.postMessage(msg, transfer || []);
+
+self.onmessage = (e) => {
+  const msg = e.data;
+  if (msg.type === 'cancel') {
+    if (current && current.id === msg.id) current.cancelled = true;
+    const i = queue.findIndex((m) => m.id === msg.id);
+    if (i >= 0) queue.splice(i, 1);
+    return;
+  }
+  queue.push(msg);
+  pump();
+};
+
+async function pump() {
+  if (busy) return;
+  busy = true;
+  while (queue.length) {
+    const msg = queue.shift();
+    current = { id: msg.id, cancelled: false };
+    try {
+      await handle(msg);
+    } catch (err) {
+      // A trap (RuntimeError) leaves the wasm instance unusable: the page must restart us.
+      const fatal = err instanceof WebAssembly.RuntimeError || msg.type === 'init';
+      post({ type: 'error', id: msg.id, job: msg.type, message: String((err && err.message) || err), fatal });
+    }
+    current = null;
+  }
+  busy = false;
+}
+
+async function handle(msg) {
+  switch (msg.type) {
+    case 'init': return start(msg);
+    case 'generate': return generate(msg);
+    case 'denoise': return denoise(msg);
+    case 'classify': return classify(msg);
+    default: throw new Error(`unknown request '${msg.type}'`);
+  }
+}
+
+async function openDevice(backend) {
+  if (backend === 'cpu') return { pg: await Playground.create('cpu'), notice: null };
+  let why;
+  if (!self.navigator.gpu) {
+    why = 'This browser has no WebGPU';
+  } else {
+    let adapter = null;
+    try { adapter = await self.navigator.gpu.requestAdapter(); } catch (e) { /* reported below */ }
+    if (!adapter) {
+      why = 'WebGPU is present but offered no adapter (disabled, blocklisted GPU, or no GPU)';
+    } else {
+      try {
+        return { pg: await Playground.create('webgpu'), notice: null, adapter: describe(adapter) };
+      } catch (e) {
+        if (e instanceof WebAssembly.RuntimeError) throw e; // the page restarts us on the CPU
+        why = `WebGPU failed to start (${e.message})`;
+      }
+    }
+  }
+  if (backend === 'webgpu') throw new Error(`${why}; remove ?backend=webgpu to allow the CPU fallback`);
+  return { pg: await Playground.create('cpu'), notice: `${why}: running on the CPU instead, which is much slower.` };
+}
+
+// The browser's own words for the adapter (wgpu sees little of it from inside the browser).
+function describe(adapter) {
+  const i = adapter.info || {};
+  const words = [i.vendor, i.architecture, i.device, i.description].filter((w) => w);
+  const name = words.length ? words.join(' ') : 'unnamed adapter';
+  return adapter.isFallbackAdapter || i.isFallbackAdapter ? `${name} (software fallback adapter)` : name;
+}
+
+async function fetchBytes(url, name) {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`${url}: HTTP ${res.status} ${res.statusText} (is pkg/ deployed next to the page?)`);
+  const total = Number(res.headers.get('content-length')) || 0;
+  if (!res.body) return new Uint8Array(await res.arrayBuffer());
+  const reader = res.body.getReader();
+  const parts = [];
+  let loaded = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    loaded += value.length;
+    post({ type: 'progress', name, loaded, total });
+  }
+  const out = new Uint8Array(loaded);
+  let off = 0;
+  for (const p of parts) { out.set(p, off); off += p.length; }
+  return out;
+}
+
+async function start({ backend }) {
+  post({ type: 'status', text: 'Loading the WebAssembly module…' });
+  await init();
+  post({ type: 'status', text: 'Opening the compute device…' });
+  const dev = await openDevice(backend || 'auto');
+  pg = dev.pg;
+  const res = await fetch('./pkg/manifest.json');
+  if (!res.ok) throw new Error(`pkg/manifest.json: HTTP ${res.status} (is pkg/ deployed next to the page?)`);
+  const models = pg.setManifest(await res.text());
+  const loaded = [];
+  const failed = [];
+  for (const m of models) {
+    post({ type: 'status', text: `Loading ${m.name} (${(m.bytes / 1e6).toFixed(1)} MB)…` });
+    try {
+      const bytes = await fetchBytes(`./pkg/${m.file}`, m.name);
+      pg.loadModel(m.name, bytes);
+      loaded.push(m);
+    } catch (e) {
+      if (e instanceof WebAssembly.RuntimeError) throw e;
+      failed.push({ name: m.name, message: e.message });
+    }
+  }
+  hasClassifier = loaded.some((m) => m.kind === 'classifier');
+  post({ type: 'ready', backend: pg.backend, adapter: dev.adapter || pg.adapter, notice: dev.notice, models: loaded, failed });
+}
+
+async function generate({ id, model, labels, guidance, steps, solver, seed }) {
+  const job = current;
+  const t0 = performance.now();
+  const onStep = (step, total, pixels, ms) => {
+    post({ type: 'step', id, step, steps: total, pixels, ms }, [pixels.buffer]);
+    // Yield a macrotask so a 'cancel' message can be handled before the next step.
+    return new Promise((resolve) => setTimeout(() => resolve(!job.cancelled), 0));
+  };
+  const pixels = await pg.generate(model, Uint32Array.from(labels), guidance, steps, solver, seed >>> 0, onStep);
+  const totalMs = performance.now() - t0;
+  if (pixels === null) return post({ type: 'done', id, cancelled: true, totalMs });
+  let verdicts = null;
+  if (hasClassifier) verdicts = Array.from(await pg.classify(pixels));
+  post({ type: 'done', id, pixels, verdicts, totalMs, cancelled: false }, [pixels.buffer]);
+}
+
+async function denoise({ id, model, pixels, sigma, seed }) {
+  const out = await pg.denoise(model, Float32Array.from(pixels), sigma, seed >>> 0);
+  const n = out.length / 2;
+  post({ type: 'denoised', id, noisy: out.slice(0, n), denoised: out.slice(n) });
+}
+
+async function classify({ id, pixels }) {
+  const v = await pg.classify(Float32Array.from(pixels));
+  post({ type: 'classified', id, verdicts: Array.from(v) });
+}
