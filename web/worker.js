@@ -63,6 +63,15 @@ async function openDevice(backend) {
     if (!adapter) {
       why = 'WebGPU is present but offered no adapter (disabled, blocklisted GPU, or no GPU)';
     } else {
+      const software = adapter.isFallbackAdapter || (adapter.info && adapter.info.isFallbackAdapter);
+      if (software && backend === 'auto') {
+        // Measured on a 2-core machine: SwiftShader ~1.2 s per guided step, this crate's wasm CPU
+        // backend ~70 ms. An emulated GPU is never the faster choice, so say so and use the CPU.
+        return {
+          pg: await Playground.create('cpu'),
+          notice: `The only WebGPU adapter is a software emulation (${describe(adapter)}), about 20x slower than the CPU backend: using the CPU. Add ?backend=webgpu to the address to use it anyway.`,
+        };
+      }
       try {
         return { pg: await Playground.create('webgpu'), notice: null, adapter: describe(adapter) };
       } catch (e) {
