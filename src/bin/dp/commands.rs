@@ -227,6 +227,9 @@ struct PackageArgs {
     epoch: Option<usize>,
     #[arg(long, default_value = "pkg")]
     pkg: PathBuf,
+    /// How float tensors are stored: f16 halves the download, the page computes in f32 either way.
+    #[arg(long, value_enum, default_value = "f16")]
+    dtype: package::StoredFloat,
     /// Facts to record, KEY=VALUE (training command, wall time, metrics).
     #[arg(long = "note")]
     notes: Vec<String>,
@@ -533,7 +536,7 @@ fn cmd_package(a: PackageArgs, device: &Device) -> Result<()> {
     let file = format!("{}.bpk", a.name);
     let (bytes, kind, hidden, conditioning) = if a.name.starts_with("classifier") {
         let c = models::load_classifier(&a.from.display().to_string(), device)?;
-        (package::module_to_bytes(c.valid())?, ModelKind::Classifier, None, None)
+        (package::module_to_bytes_as(&c.valid(), a.dtype)?, ModelKind::Classifier, None, None)
     } else {
         let (m, _) = models::load_unet(&a.from.display().to_string(), a.epoch, device)?;
         let cfg_path = if a.from.is_dir() { a.from.join("config.json") } else { a.from.parent().unwrap_or(Path::new(".")).join("config.json") };
@@ -541,12 +544,12 @@ fn cmd_package(a: PackageArgs, device: &Device) -> Result<()> {
             .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
         notes.entry("train_config".into()).or_insert(serde_json::to_value(&cfg).unwrap());
         let c = m.conditioning();
-        (package::module_to_bytes(m.valid())?, ModelKind::Unet, Some(cfg.hidden), Some(c))
+        (package::module_to_bytes_as(&m.valid(), a.dtype)?, ModelKind::Unet, Some(cfg.hidden), Some(c))
     };
     write_atomic(&a.pkg.join(&file), &bytes)?;
     let mpath = a.pkg.join("manifest.json");
     let mut manifest = if mpath.exists() { models::manifest(&a.pkg)? } else { Manifest::default() };
-    manifest.upsert(Entry { name: a.name.clone(), kind, hidden, conditioning, file: file.clone(), bytes: bytes.len() as u64, sha256: package::sha256_hex(&bytes), notes });
+    manifest.upsert(Entry { name: a.name.clone(), kind, hidden, conditioning, dtype: a.dtype, file: file.clone(), bytes: bytes.len() as u64, sha256: package::sha256_hex(&bytes), notes });
     manifest.models.sort_by(|x, y| x.name.cmp(&y.name));
     write_atomic(&mpath, serde_json::to_string_pretty(&manifest).unwrap().as_bytes())?;
     println!("{} ({} bytes) recorded in {}", a.pkg.join(file).display(), bytes.len(), mpath.display());
