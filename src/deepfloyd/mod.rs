@@ -1,0 +1,10 @@
+//! DeepFloyd IF stage 1 (SPEC part A): the UNet read from the user's diffusers folder, the DDPM
+//! scheduler with learned-range variance, and the course's sampling algorithms.
+//!
+//! Nothing here touches the file system except the desktop-only loaders in [`weights`]; the page
+//! passes bytes.
+
+pub mod config;
+pub mod scheduler;
+pub mod unet;
+pub mod weights;

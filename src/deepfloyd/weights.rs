@@ -1,0 +1,226 @@
+//! Reading a diffusers `unet/` folder: `config.json` plus `diffusion_pytorch_model.safetensors`
+//! (one file, or shards with their `.index.json`), f32, f16 or bf16.
+//!
+//! Every file is checked before any tensor is loaded: the safetensors header must parse and its
+//! tensors must fit inside the file (a truncated download is caught here), every key the config
+//! implies must be present with its PyTorch shape, and no unknown key may be left over. Only then
+//! does burn-store copy the tensors in (Linear weights transposed, norms renamed, floats widened
+//! to f32).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::prelude::*;
+use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::tensor::DType;
+use serde::Deserialize;
+
+use super::config::IfConfig;
+use super::unet::{parameter_shapes, IfUNet};
+use crate::{Error, Result};
+
+/// One tensor as a safetensors header describes it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TensorInfo {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub data_offsets: [u64; 2],
+}
+
+/// Parses a safetensors header and checks that every tensor lies inside `file_len` bytes and has
+/// as many bytes as its dtype and shape need. `header` holds at least the file's first bytes.
+pub fn parse_header(bytes: &[u8], file_len: u64, source: &str) -> Result<(usize, BTreeMap<String, TensorInfo>)> {
+    let err = |m: String| Error::format(source, m);
+    if bytes.len() < 8 {
+        return Err(err(format!("is {} bytes long: not a safetensors file", bytes.len())));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    if n > 100_000_000 || 8 + n > file_len {
+        return Err(err(format!("header length {n} does not fit in a {file_len}-byte file: not safetensors, or truncated")));
+    }
+    let n = n as usize;
+    if bytes.len() < 8 + n {
+        return Err(err("header is cut short: the file is truncated".into()));
+    }
+    let raw: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| err(format!("header is not valid JSON ({e}): not a safetensors file")))?;
+    let data_len = file_len - 8 - n as u64;
+    let mut tensors = BTreeMap::new();
+    for (name, v) in raw {
+        if name == "__metadata__" {
+            continue;
+        }
+        let info: TensorInfo = serde_json::from_value(v).map_err(|e| err(format!("tensor {name}: bad header entry ({e})")))?;
+        let width = match info.dtype.as_str() {
+            "F32" => 4,
+            "F16" | "BF16" => 2,
+            other => return Err(err(format!("tensor {name} has dtype {other}; only F32, F16 and BF16 weights are supported"))),
+        };
+        let [a, b] = info.data_offsets;
+        let need = info.shape.iter().product::<usize>() as u64 * width;
+        if b < a || b - a != need {
+            return Err(err(format!("tensor {name}: {} bytes for shape {:?} {} (corrupt header)", b.saturating_sub(a), info.shape, info.dtype)));
+        }
+        if b > data_len {
+            return Err(err(format!("tensor {name} ends at byte {b} of a {data_len}-byte data section: the file is truncated")));
+        }
+        tensors.insert(name, info);
+    }
+    Ok((n, tensors))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn read_header_file(path: &std::path::Path) -> Result<BTreeMap<String, TensorInfo>> {
+    use std::io::Read;
+    let source = path.display().to_string();
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut head = vec![0u8; 8];
+    f.read_exact(&mut head).map_err(|_| Error::format(path, format!("is {len} bytes long: not a safetensors file")))?;
+    let n = u64::from_le_bytes(head[..8].try_into().unwrap());
+    if n <= 100_000_000 && 8 + n <= len {
+        head.resize(8 + n as usize, 0);
+        f.read_exact(&mut head[8..]).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(parse_header(&head, len, &source)?.1)
+}
+
+/// The weight files of a diffusers `unet/` folder, in load order.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn weight_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    for variant in ["", ".fp16"] {
+        let single = dir.join(format!("diffusion_pytorch_model{variant}.safetensors"));
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let index = dir.join(format!("diffusion_pytorch_model{variant}.safetensors.index.json"));
+        if index.is_file() {
+            #[derive(Deserialize)]
+            struct Index {
+                weight_map: BTreeMap<String, String>,
+            }
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let idx: Index = serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("not a safetensors index ({e})")))?;
+            let files: BTreeSet<&String> = idx.weight_map.values().collect();
+            let mut out = Vec::new();
+            for f in files {
+                if f.contains('/') || f.contains("..") {
+                    return Err(Error::format(&index, format!("shard name {f:?} points outside the folder")));
+                }
+                let p = dir.join(f);
+                if !p.is_file() {
+                    return Err(Error::format(&index, format!("lists shard {f}, which is missing from {}", dir.display())));
+                }
+                out.push(p);
+            }
+            return Ok(out);
+        }
+    }
+    Err(Error::io(dir, "no diffusion_pytorch_model.safetensors (or sharded .index.json, or .fp16 variant) here: point at the `unet` folder of a diffusers IF stage-1 download"))
+}
+
+/// Compares the stored tensors with what `cfg` needs; every problem is listed, by key.
+pub fn check_keys(cfg: &IfConfig, stored: &BTreeMap<String, (TensorInfo, String)>) -> Result<()> {
+    let expected: BTreeMap<String, Vec<usize>> = parameter_shapes(cfg).into_iter().collect();
+    let mut problems = Vec::new();
+    for (k, shape) in &expected {
+        match stored.get(k) {
+            None => problems.push(format!("missing {k} {shape:?}")),
+            Some((info, file)) if &info.shape != shape => problems.push(format!("{k} in {file} has shape {:?}, the config needs {shape:?}", info.shape)),
+            _ => {}
+        }
+    }
+    for (k, (_, file)) in stored {
+        if !expected.contains_key(k) {
+            problems.push(format!("unexpected key {k} in {file}"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let n = problems.len();
+    problems.truncate(12);
+    Err(Error::Invalid(format!(
+        "the weights do not match config.json ({n} problems; does config.json belong to these weights?):\n  {}{}",
+        problems.join("\n  "),
+        if n > 12 { format!("\n  ... and {} more", n - 12) } else { String::new() }
+    )))
+}
+
+fn adapter() -> impl ModuleAdapter + 'static {
+    PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32))
+}
+
+fn apply<S: burn::store::ModuleStore>(model: &mut IfUNet, store: &mut S, source: &str, applied: &mut BTreeSet<String>) -> Result<()>
+where
+    S::Error: std::fmt::Display,
+{
+    let r = model.load_from(store).map_err(|e| Error::format(source, format!("could not load ({e})")))?;
+    if !r.errors.is_empty() {
+        let msgs: Vec<String> = r.errors.iter().take(8).map(|e| e.to_string()).collect();
+        return Err(Error::format(source, format!("tensors do not fit the model: {}", msgs.join("; "))));
+    }
+    applied.extend(r.applied);
+    Ok(())
+}
+
+/// Loads a diffusers `unet/` folder (config.json + weights) onto `device`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_unet_dir(dir: &std::path::Path, device: &Device) -> Result<IfUNet> {
+    let cfg_path = dir.join("config.json");
+    let json = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, format!("{e} (point at the `unet` folder of a diffusers IF stage-1 download)")))?;
+    let cfg = IfConfig::from_json(&json, &cfg_path.display().to_string())?;
+    let files = weight_files(dir)?;
+    let mut stored = BTreeMap::new();
+    for f in &files {
+        for (k, info) in read_header_file(f)? {
+            stored.insert(k, (info, f.file_name().unwrap().to_string_lossy().to_string()));
+        }
+    }
+    check_keys(&cfg, &stored)?;
+    let mut model = cfg.init(device);
+    let mut applied = BTreeSet::new();
+    for f in &files {
+        let mut store = SafetensorsStore::from_file(f).with_from_adapter(adapter()).allow_partial(true);
+        apply(&mut model, &mut store, &f.display().to_string(), &mut applied)?;
+    }
+    finish(model, &applied, &dir.display().to_string())
+}
+
+/// Loads weights held in memory (the page): `config_json` and the safetensors files' bytes.
+pub fn load_unet_bytes(config_json: &str, files: Vec<(String, Vec<u8>)>, device: &Device) -> Result<IfUNet> {
+    let cfg = IfConfig::from_json(config_json, "config.json")?;
+    let mut stored = BTreeMap::new();
+    for (name, bytes) in &files {
+        for (k, info) in parse_header(bytes, bytes.len() as u64, name)?.1 {
+            stored.insert(k, (info, name.clone()));
+        }
+    }
+    check_keys(&cfg, &stored)?;
+    let mut model = cfg.init(device);
+    let mut applied = BTreeSet::new();
+    for (name, bytes) in files {
+        let mut store = SafetensorsStore::from_bytes(Some(bytes)).with_from_adapter(adapter()).allow_partial(true);
+        apply(&mut model, &mut store, &name, &mut applied)?;
+    }
+    finish(model, &applied, "weights")
+}
+
+fn finish(model: IfUNet, applied: &BTreeSet<String>, source: &str) -> Result<IfUNet> {
+    let missing: Vec<String> = parameter_shapes(&model.config).into_iter().map(|(k, _)| k).filter(|k| !applied.contains(&burn_key(k))).take(8).collect();
+    if !missing.is_empty() {
+        return Err(Error::format(source, format!("these parameters were not loaded: {}", missing.join(", "))));
+    }
+    Ok(model)
+}
+
+/// The burn path of a diffusers key (norms call weight/bias gamma/beta).
+fn burn_key(k: &str) -> String {
+    let norm = ["norm1.", "norm2.", "group_norm.", "norm_cross.", "conv_norm_out."];
+    if let Some(stem) = k.strip_suffix(".weight").filter(|s| norm.iter().any(|n| format!("{s}.").ends_with(n))) {
+        return format!("{stem}.gamma");
+    }
+    if let Some(stem) = k.strip_suffix(".bias").filter(|s| norm.iter().any(|n| format!("{s}.").ends_with(n))) {
+        return format!("{stem}.beta");
+    }
+    k.to_string()
+}
