@@ -121,3 +121,49 @@ mod tests {
         assert!(gif_bytes(&[], 50).is_err());
     }
 }
+
+/// The normalised 1-D Gaussian of `kernel` taps (odd) and `sigma`, as torchvision's
+/// `gaussian_blur` builds it.
+pub fn gaussian_kernel(kernel: usize, sigma: f32) -> Vec<f32> {
+    let r = (kernel as f32 - 1.0) / 2.0;
+    let k: Vec<f32> = (0..kernel).map(|i| (-0.5 * ((i as f32 - r) / sigma).powi(2)).exp()).collect();
+    let s: f32 = k.iter().sum();
+    k.into_iter().map(|v| v / s).collect()
+}
+
+/// `n x n` matrix `A` with `(A x)[i] = sum_k g[k] x[reflect(i + k - r)]`: a 1-D blur with
+/// torchvision's reflect padding, as one matmul (exact, and the same on every backend).
+pub fn blur_matrix(n: usize, kernel: usize, sigma: f32) -> Vec<f32> {
+    let g = gaussian_kernel(kernel, sigma);
+    let r = (kernel / 2) as isize;
+    let mut a = vec![0f32; n * n];
+    let reflect = |mut j: isize| -> usize {
+        let n = n as isize;
+        while j < 0 || j >= n {
+            j = if j < 0 { -j } else { 2 * (n - 1) - j };
+        }
+        j as usize
+    };
+    for i in 0..n {
+        for (k, w) in g.iter().enumerate() {
+            a[i * n + reflect(i as isize + k as isize - r)] += w;
+        }
+    }
+    a
+}
+
+/// Separable Gaussian blur with reflect padding (torchvision `gaussian_blur`). The padding needs
+/// `kernel / 2 < side`; callers check sizes first.
+///
+/// # Shapes
+/// `[B, C, H, W] -> [B, C, H, W]`
+pub fn gaussian_blur(x: burn::tensor::Tensor<4>, kernel: usize, sigma: f32) -> burn::tensor::Tensor<4> {
+    use burn::tensor::{Tensor, TensorData};
+    let [b, c, h, w] = x.dims();
+    let device = x.device();
+    let ah = Tensor::<2>::from_data(TensorData::new(blur_matrix(h, kernel, sigma), [h, h]), &device);
+    let aw = Tensor::<2>::from_data(TensorData::new(blur_matrix(w, kernel, sigma), [w, w]), &device);
+    // rows: x[.., i, :] = sum_j Ah[i, j] x[.., j, :]; columns: x @ Aw^T.
+    let y = x.matmul(aw.transpose().reshape([1, 1, w, w]).expand([b, c, w, w]));
+    ah.reshape([1, 1, h, h]).expand([b, c, h, h]).matmul(y)
+}

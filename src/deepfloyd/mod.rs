@@ -5,6 +5,8 @@
 //! passes bytes.
 
 pub mod config;
+pub mod pipeline;
 pub mod scheduler;
 pub mod unet;
+pub mod views;
 pub mod weights;

@@ -23,6 +23,7 @@ import os
 import shutil
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
@@ -182,14 +183,161 @@ def scheduler_fixture():
     print("alphas_cumprod", {t: float(ab[t]) for t in [250, 500, 750, 990]})
 
 
+# ---- The course's algorithms, in plain PyTorch, with injected noise ------------------------------
+# Written from the course's formulas (not DDPMScheduler.step), so the Rust scheduler is checked
+# against them as well. Noise order: x_T (or SDEdit's forward noise) first, then per step the
+# variance noise, then (inpainting) the noise that re-noises the known pixels.
+
+ALGO_TIMESTEPS = list(range(990, -1, -198))  # 990, 792, 594, 396, 198, 0: five steps
+
+
+class Noise:
+    def __init__(self, seed):
+        self.g = torch.Generator().manual_seed(seed)
+        self.drawn = []
+
+    def __call__(self, shape):
+        z = torch.randn(*shape, generator=self.g)
+        self.drawn.append(z)
+        return z
+
+
+def course_step(ab, out, t, tp, x, z):
+    eps, v = out[:, :3], out[:, 3:]
+    a_t, a_p = ab[t], ab[tp]
+    alpha = a_t / a_p
+    beta = 1 - alpha
+    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    mean = a_p.sqrt() * beta / (1 - a_t) * x0 + alpha.sqrt() * (1 - a_p) / (1 - a_t) * x
+    var = ((1 - a_p) / (1 - a_t) * beta).clamp(min=1e-20)
+    frac = (v + 1) / 2
+    log_var = frac * beta.log() + (1 - frac) * var.log()
+    return mean + (0.5 * log_var).exp() * z
+
+
+def guided(model, x, t, cond, uncond, g):
+    b = x.shape[0]
+    if uncond is None:
+        return model(x, torch.tensor([t] * b), encoder_hidden_states=cond.expand(b, -1, -1)).sample
+    out = model(torch.cat([x, x]), torch.tensor([t] * 2 * b),
+                encoder_hidden_states=torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)])).sample
+    un, co = out[:b], out[b:]
+    eps = un[:, :3] + g * (co[:, :3] - un[:, :3])
+    return torch.cat([eps, co[:, 3:]], dim=1)
+
+
+def loop(ab, x, i_start, noise, output, after=lambda x, tp: x):
+    ts = ALGO_TIMESTEPS
+    for i in range(i_start, len(ts) - 1):
+        t, tp = ts[i], ts[i + 1]
+        out = output(x, t)
+        x = course_step(ab, out, t, tp, x, noise(x.shape))
+        x = after(x, tp)
+    return x
+
+
+def torch_flip(x):
+    return torch.flip(x, [2])
+
+
+def torch_skew(x, f):  # the visual-anagrams SkewView on a batch
+    h, w = x.shape[2], x.shape[3]
+    cols = [x[:, :, :, i].roll(int(f * (i - h // 2)), dims=2) for i in range(w)]
+    return torch.stack(cols, dim=3)
+
+
+def negate_inverse(y):
+    m = torch.ones_like(y)
+    m[:, :3] = -1
+    return y * m
+
+
+def gaussian_blur(x, k, sigma):  # torchvision's gaussian_blur: normalised kernel, reflect padding
+    r = (k - 1) * 0.5
+    g = torch.exp(-0.5 * ((torch.linspace(-r, r, k)) / sigma) ** 2)
+    g = g / g.sum()
+    c = x.shape[1]
+    x = F.pad(x, [k // 2] * 4, mode="reflect")
+    x = F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+    return F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+
+
+def algorithms_fixture(model):
+    ab = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod
+    e = model.config.encoder_hid_dim
+    g = torch.Generator().manual_seed(7)
+    p1, p2, null = (torch.randn(1, TOKENS, e, generator=g) for _ in range(3))
+    side = 16
+    image = torch.rand(1, 3, side, side, generator=g) * 2 - 1
+    mask = torch.zeros(1, 1, side, side)
+    mask[:, :, 4:12, 5:13] = 1
+    t = {"p1": p1, "p2": p2, "null": null, "image": image, "mask": mask}
+    G = 7.0
+
+    def record(name, noise, out):
+        for k, z in enumerate(noise.drawn):
+            t[f"{name}.noise.{k}"] = z.contiguous()
+        t[f"{name}.out"] = out.contiguous()
+
+    with torch.no_grad():
+        # Sampling from noise with CFG.
+        n = Noise(1)
+        x = loop(ab, n((1, 3, side, side)), 0, n, lambda x, s: guided(model, x, s, p1, null, G))
+        record("sample", n, x)
+        # Without guidance.
+        n = Noise(2)
+        x = loop(ab, n((1, 3, side, side)), 0, n, lambda x, s: guided(model, x, s, p1, None, G))
+        record("sample_unguided", n, x)
+        # SDEdit from i_start 2.
+        n = Noise(3)
+        t0 = ALGO_TIMESTEPS[2]
+        x = ab[t0].sqrt() * image + (1 - ab[t0]).sqrt() * n(image.shape)
+        x = loop(ab, x, 2, n, lambda x, s: guided(model, x, s, p2, null, G))
+        record("sdedit", n, x)
+        # Inpainting.
+        n = Noise(4)
+        x = loop(ab, n((1, 3, side, side)), 0, n, lambda x, s: guided(model, x, s, p1, null, G),
+                 after=lambda x, tp: mask * x + (1 - mask) * (ab[tp].sqrt() * image + (1 - ab[tp]).sqrt() * n(x.shape)))
+        record("inpaint", n, x)
+        # Visual anagrams: (identity, p1) + (flip, p2), and (skew 1.5, p1) + (negate, p2).
+        n = Noise(5)
+        x = loop(ab, n((1, 3, side, side)), 0, n, lambda x, s: (
+            guided(model, x, s, p1, null, G) + torch_flip(guided(model, torch_flip(x), s, p2, null, G))) / 2)
+        record("anagram_flip", n, x)
+        n = Noise(6)
+        x = loop(ab, n((1, 3, side, side)), 0, n, lambda x, s: (
+            torch_skew(guided(model, torch_skew(x, 1.5), s, p1, null, G), -1.5)
+            + negate_inverse(guided(model, -x, s, p2, null, G))) / 2)
+        record("anagram_skew_negate", n, x)
+        # Hybrid: lowpass(eps_1) + highpass(eps_2), kernel 33, sigma 2 (32x32 so reflect padding fits).
+        n = Noise(8)
+
+        def hybrid_out(x, s):
+            a, b = guided(model, x, s, p1, null, G), guided(model, x, s, p2, null, G)
+            eps = gaussian_blur(a[:, :3], 33, 2.0) + b[:, :3] - gaussian_blur(b[:, :3], 33, 2.0)
+            return torch.cat([eps, (a[:, 3:] + b[:, 3:]) / 2], dim=1)
+
+        x = loop(ab, n((1, 3, 32, 32)), 0, n, hybrid_out)
+        record("hybrid", n, x)
+        t["blur_in"] = torch.randn(1, 3, 32, 32, generator=g)
+        t["blur_out"] = gaussian_blur(t["blur_in"], 33, 2.0)
+        # One-step denoise at t=500 (conditional only, as the course does it).
+        noisy = ab[500].sqrt() * image + (1 - ab[500]).sqrt() * torch.randn(1, 3, side, side, generator=g)
+        eps = guided(model, noisy, 500, p1, None, G)[:, :3]
+        t["one_step.noisy"] = noisy
+        t["one_step.out"] = (noisy - (1 - ab[500]).sqrt() * eps) / ab[500].sqrt()
+    t["timesteps"] = torch.tensor(ALGO_TIMESTEPS).float()
+    save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(OUT, "tiny_m", "algorithms.safetensors"))
+
+
 def main():
     if os.path.exists(OUT):
         shutil.rmtree(OUT)
     os.makedirs(OUT)
     torch.set_num_threads(2)
-    for i, (name, cfg) in enumerate(CONFIGS.items()):
-        make_unet(name, cfg, seed=100 * (i + 1))
+    models = {name: make_unet(name, cfg, seed=100 * (i + 1)) for i, (name, cfg) in enumerate(CONFIGS.items())}
     scheduler_fixture()
+    algorithms_fixture(models["tiny_m"])
 
 
 if __name__ == "__main__":

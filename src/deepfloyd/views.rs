@@ -1,0 +1,263 @@
+//! Visual-anagram views (Geng et al., "Visual Anagrams"): each is applied to the noisy image
+//! before the model sees it, and its inverse to the model's 6-channel output (eps and v), as the
+//! research code does. All but `Negate` permute pixels, which keeps the noise Gaussian.
+
+use burn::prelude::*;
+use burn::tensor::Int;
+
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum View {
+    Identity,
+    /// Upside down (the course's flip: rows reversed).
+    Flip,
+    RotateCw,
+    RotateCcw,
+    Rotate180,
+    /// x -> -x; the inverse negates eps only (negating the variance estimate makes no sense;
+    /// the research code does the same).
+    Negate,
+    /// Column `i` rolled down by `trunc(factor * (i - W/2))` pixels (research default 1.5).
+    Skew(f32),
+    /// `n x n` square patches shuffled by a seeded permutation (`n = side`: single pixels).
+    PatchPermute { patches: usize, seed: u64 },
+    /// 4x4 square jigsaw: each piece moves to another slot of its kind (corner, edge, inner)
+    /// and turns by a multiple of 90 degrees so the border stays a border. The research code's
+    /// tabbed piece shapes come from image files not reproduced here; squares keep the property
+    /// that matters, a pixel permutation that reads as a rearranged picture.
+    Jigsaw { seed: u64 },
+    /// An explicit pixel permutation: `perm[dst] = src` over `H * W` (tests, custom views).
+    Permutation(Vec<usize>),
+}
+
+impl View {
+    pub fn parse(s: &str) -> Result<View> {
+        let (name, arg) = s.split_once(':').map(|(a, b)| (a, Some(b))).unwrap_or((s, None));
+        let num = |d: f64| -> Result<f64> { arg.map(|a| a.parse::<f64>().map_err(|_| Error::Invalid(format!("view {s}: {a:?} is not a number")))).unwrap_or(Ok(d)) };
+        Ok(match name {
+            "identity" => View::Identity,
+            "flip" => View::Flip,
+            "rotate_cw" | "rot90cw" => View::RotateCw,
+            "rotate_ccw" | "rot90" => View::RotateCcw,
+            "rotate_180" | "rot180" => View::Rotate180,
+            "negate" => View::Negate,
+            "skew" => View::Skew(num(1.5)? as f32),
+            "patch_permute" => View::PatchPermute { patches: num(8.0)? as usize, seed: 0 },
+            "pixel_permute" => View::PatchPermute { patches: 64, seed: 0 },
+            "jigsaw" => View::Jigsaw { seed: num(11.0)? as u64 },
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown view {other:?}: use identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed]"
+                )))
+            }
+        })
+    }
+
+    /// The pixel permutation of this view on an `h x w` image (`perm[dst] = src`), or None for
+    /// `Identity` and `Negate`.
+    pub fn permutation(&self, h: usize, w: usize) -> Result<Option<Vec<usize>>> {
+        let square = |what: &str| if h == w { Ok(()) } else { Err(Error::Invalid(format!("the {what} view needs a square image, got {h}x{w}"))) };
+        let idx = |r: usize, c: usize| r * w + c;
+        let mut p = vec![0usize; h * w];
+        match self {
+            View::Identity | View::Negate => return Ok(None),
+            View::Flip => (0..h).for_each(|r| (0..w).for_each(|c| p[idx(r, c)] = idx(h - 1 - r, c))),
+            // torch.rot90 / TF.rotate(+90) turn counter-clockwise: dst (r, c) <- src (c, n-1-r).
+            View::RotateCcw => {
+                square("rotate")?;
+                (0..h).for_each(|r| (0..w).for_each(|c| p[idx(r, c)] = idx(c, w - 1 - r)))
+            }
+            View::RotateCw => {
+                square("rotate")?;
+                (0..h).for_each(|r| (0..w).for_each(|c| p[idx(r, c)] = idx(h - 1 - c, r)))
+            }
+            View::Rotate180 => (0..h).for_each(|r| (0..w).for_each(|c| p[idx(r, c)] = idx(h - 1 - r, w - 1 - c))),
+            View::Skew(f) => {
+                for c in 0..w {
+                    let d = (f * (c as f32 - (h / 2) as f32)).trunc() as isize;
+                    for r in 0..h {
+                        // roll(d): dst r <- src r - d (mod h)
+                        let src = (r as isize - d).rem_euclid(h as isize) as usize;
+                        p[idx(r, c)] = idx(src, c);
+                    }
+                }
+            }
+            View::PatchPermute { patches, seed } => {
+                let n = *patches;
+                if n == 0 || h % n != 0 || w % n != 0 {
+                    return Err(Error::Invalid(format!("patch_permute:{n} needs the image sides ({h}x{w}) to be multiples of {n}")));
+                }
+                let order = Rng::new(*seed).permutation(n * n); // new patch k <- old patch order[k]
+                let (ph, pw) = (h / n, w / n);
+                for k in 0..n * n {
+                    let (dr, dc) = (k / n * ph, k % n * pw);
+                    let (sr, sc) = (order[k] / n * ph, order[k] % n * pw);
+                    (0..ph).for_each(|i| (0..pw).for_each(|j| p[idx(dr + i, dc + j)] = idx(sr + i, sc + j)));
+                }
+            }
+            View::Jigsaw { seed } => {
+                square("jigsaw")?;
+                if h % 4 != 0 {
+                    return Err(Error::Invalid(format!("the jigsaw view needs a side divisible by 4, got {h}")));
+                }
+                return Ok(Some(jigsaw(h, *seed)));
+            }
+            View::Permutation(perm) => {
+                let mut seen = vec![false; h * w];
+                if perm.len() != h * w || perm.iter().any(|&s| s >= h * w || std::mem::replace(&mut seen[s], true)) {
+                    return Err(Error::Invalid(format!("the permutation view has {} entries but is not a permutation of the {h}x{w} pixels", perm.len())));
+                }
+                return Ok(Some(perm.clone()));
+            }
+        }
+        Ok(Some(p))
+    }
+
+    /// The view applied to a batch of images (any channel count).
+    ///
+    /// # Shapes
+    /// `[B, C, H, W] -> [B, C, H, W]`
+    pub fn apply(&self, x: Tensor<4>) -> Result<Tensor<4>> {
+        let [_, _, h, w] = x.dims();
+        match self {
+            View::Negate => Ok(x.neg()),
+            _ => Ok(match self.permutation(h, w)? {
+                Some(p) => gather(x, &p),
+                None => x,
+            }),
+        }
+    }
+
+    /// The inverse view applied to model outputs whose first `eps_channels` channels are noise.
+    ///
+    /// # Shapes
+    /// `[B, C, H, W] -> [B, C, H, W]`
+    pub fn invert(&self, y: Tensor<4>, eps_channels: usize) -> Result<Tensor<4>> {
+        let [b, c, h, w] = y.dims();
+        match self {
+            View::Negate => {
+                let eps = y.clone().slice([0..b, 0..eps_channels, 0..h, 0..w]).neg();
+                let rest = y.slice([0..b, eps_channels..c, 0..h, 0..w]);
+                Ok(Tensor::cat(vec![eps, rest], 1))
+            }
+            _ => Ok(match self.permutation(h, w)? {
+                Some(p) => {
+                    let mut inv = vec![0usize; p.len()];
+                    for (dst, &src) in p.iter().enumerate() {
+                        inv[src] = dst;
+                    }
+                    gather(y, &inv)
+                }
+                None => y,
+            }),
+        }
+    }
+}
+
+/// `out[.., dst] = x[.., perm[dst]]` over the flattened pixels.
+fn gather(x: Tensor<4>, perm: &[usize]) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let idx: Vec<i64> = perm.iter().map(|&i| i as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [h * w]), &x.device());
+    x.reshape([b, c, h * w]).select(2, idx).reshape([b, c, h, w])
+}
+
+/// The square-piece 4x4 jigsaw permutation on an `n x n` image.
+fn jigsaw(n: usize, seed: u64) -> Vec<usize> {
+    let s = n / 4;
+    let mut rng = Rng::new(seed);
+    // Slots by kind; a piece's "base orientation" rotation is the one that puts its outer border
+    // where the slot needs it, so moving piece a -> slot b turns it by rot(b) - rot(a).
+    let corners = [(0, 0), (0, 3), (3, 3), (3, 0)]; // clockwise: rotation index = position
+    let edges = [(0, 1), (0, 2), (1, 3), (2, 3), (3, 2), (3, 1), (2, 0), (1, 0)]; // clockwise, 2 per side
+    let inner = [(1, 1), (1, 2), (2, 2), (2, 1)];
+    let mut moves: Vec<((usize, usize), (usize, usize), usize)> = Vec::new(); // (src slot, dst slot, quarter turns cw)
+    let pc = rng.permutation(4);
+    for (i, &j) in pc.iter().enumerate() {
+        moves.push((corners[j], corners[i], (i + 4 - j) % 4));
+    }
+    let pe = rng.permutation(8);
+    for (i, &j) in pe.iter().enumerate() {
+        moves.push((edges[j], edges[i], (i / 2 + 4 - j / 2) % 4));
+    }
+    let pi = rng.permutation(4);
+    for (i, &j) in pi.iter().enumerate() {
+        moves.push((inner[j], inner[i], (i + 4 - j) % 4));
+    }
+    let mut p = vec![0usize; n * n];
+    for ((sr, sc), (dr, dc), q) in moves {
+        for i in 0..s {
+            for j in 0..s {
+                // dst pixel (i, j) inside the piece comes from the source piece turned q times cw:
+                // turning cw maps (a, b) -> (b, s-1-a), so the source of (i, j) is the inverse.
+                let (mut a, mut b) = (i, j);
+                for _ in 0..q {
+                    (a, b) = (s - 1 - b, a);
+                }
+                p[(dr * s + i) * n + dc * s + j] = (sr * s + a) * n + sc * s + b;
+            }
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_perm(p: &[usize]) -> bool {
+        let mut s = p.to_vec();
+        s.sort();
+        s.iter().enumerate().all(|(i, &v)| i == v)
+    }
+
+    #[test]
+    fn every_view_is_a_permutation_and_inverts() {
+        let device = Device::flex();
+        let x = Tensor::<4>::random([1, 6, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        for v in ["flip", "rotate_cw", "rotate_ccw", "rotate_180", "skew", "patch_permute:4", "pixel_permute", "jigsaw"] {
+            let mut view = View::parse(v).unwrap();
+            if let View::PatchPermute { patches: 64, .. } = view {
+                view = View::PatchPermute { patches: 16, seed: 3 };
+            }
+            let p = view.permutation(16, 16).unwrap().unwrap();
+            assert!(is_perm(&p), "{v}");
+            assert!(p.iter().enumerate().any(|(i, &s)| i != s), "{v} moves nothing");
+            let back = view.invert(view.apply(x.clone()).unwrap(), 6).unwrap();
+            let d: f32 = (back - x.clone()).abs().max().into_scalar();
+            assert_eq!(d, 0.0, "{v}");
+        }
+        // Four quarter turns are the identity; cw and ccw are inverse.
+        let cw = View::RotateCw.permutation(8, 8).unwrap().unwrap();
+        let ccw = View::RotateCcw.permutation(8, 8).unwrap().unwrap();
+        assert!((0..64).all(|i| cw[ccw[i]] == i));
+        // Negate keeps v and flips eps.
+        let y = View::Negate.invert(x.clone(), 3).unwrap();
+        let d: f32 = (y.clone().slice([0..1, 3..6]) - x.clone().slice([0..1, 3..6])).abs().max().into_scalar();
+        assert_eq!(d, 0.0);
+        let s: f32 = (y.slice([0..1, 0..3]) + x.slice([0..1, 0..3])).abs().max().into_scalar();
+        assert_eq!(s, 0.0);
+    }
+
+    #[test]
+    fn jigsaw_keeps_corners_in_corners() {
+        let n = 16;
+        let p = jigsaw(n, 11);
+        let s = n / 4;
+        for (r, c) in [(0, 0), (0, 3), (3, 0), (3, 3)] {
+            let src = p[(r * s) * n + c * s];
+            let (sr, sc) = (src / n / s, src % n / s);
+            assert!((sr == 0 || sr == 3) && (sc == 0 || sc == 3), "corner slot ({r},{c}) got piece ({sr},{sc})");
+        }
+    }
+
+    #[test]
+    fn bad_views_are_errors() {
+        assert!(View::parse("twirl").is_err());
+        assert!(View::RotateCw.permutation(8, 16).is_err());
+        assert!(View::PatchPermute { patches: 5, seed: 0 }.permutation(16, 16).is_err());
+        assert!(View::Permutation(vec![0, 0, 1, 2]).permutation(2, 2).is_err());
+    }
+}
