@@ -167,3 +167,68 @@ pub fn gaussian_blur(x: burn::tensor::Tensor<4>, kernel: usize, sigma: f32) -> b
     let y = x.matmul(aw.transpose().reshape([1, 1, w, w]).expand([b, c, w, w]));
     ah.reshape([1, 1, h, h]).expand([b, c, h, h]).matmul(y)
 }
+
+/// How an arbitrary picture becomes the model's square input: the centred square of the
+/// shorter side is cut out, then resized to `side` with a triangle (bilinear, area-aware when
+/// shrinking) filter. Returns CHW values in [-1, 1] and the original (width, height).
+pub fn decode_rgb_square(bytes: &[u8], side: usize, source: &str) -> Result<(Vec<f32>, (u32, u32))> {
+    let img = image::load_from_memory(bytes).map_err(|e| Error::format(source, format!("cannot be decoded as an image ({e}); use PNG or JPEG")))?;
+    let (w, h) = (img.width(), img.height());
+    if w == 0 || h == 0 {
+        return Err(Error::format(source, "is an empty image"));
+    }
+    let s = w.min(h);
+    let sq = img.crop_imm((w - s) / 2, (h - s) / 2, s, s).to_rgb8();
+    let r = image::imageops::resize(&sq, side as u32, side as u32, image::imageops::FilterType::Triangle);
+    let mut v = vec![0f32; 3 * side * side];
+    for (x, y, p) in r.enumerate_pixels() {
+        for c in 0..3 {
+            v[c * side * side + y as usize * side + x as usize] = p[c] as f32 / 127.5 - 1.0;
+        }
+    }
+    Ok((v, (w, h)))
+}
+
+/// A mask picture (white = 1 = where new content goes) with the same crop rule as the image it
+/// belongs to; it must have that image's size. Nearest resampling, threshold at half grey.
+pub fn decode_mask_square(bytes: &[u8], side: usize, image_size: (u32, u32), source: &str) -> Result<Vec<f32>> {
+    let img = image::load_from_memory(bytes).map_err(|e| Error::format(source, format!("cannot be decoded as an image ({e}); use PNG")))?;
+    let (w, h) = (img.width(), img.height());
+    if (w, h) != image_size {
+        return Err(Error::format(source, format!("the mask is {w}x{h} but the image is {}x{}: draw the mask at the image's size", image_size.0, image_size.1)));
+    }
+    let s = w.min(h);
+    let sq = img.crop_imm((w - s) / 2, (h - s) / 2, s, s).to_luma8();
+    let r = image::imageops::resize(&sq, side as u32, side as u32, image::imageops::FilterType::Nearest);
+    Ok(r.pixels().map(|p| if p[0] >= 128 { 1.0 } else { 0.0 }).collect())
+}
+
+/// CHW values in [-1, 1] (3 planes of `side x side`) as an RGB image, each pixel `scale x scale`.
+pub fn rgb_image(chw: &[f32], side: usize, scale: usize) -> image::RgbImage {
+    let n = side * side;
+    image::RgbImage::from_fn((side * scale) as u32, (side * scale) as u32, |x, y| {
+        let i = (y as usize / scale) * side + x as usize / scale;
+        let px = |c: usize| to_u8((chw[c * n + i] + 1.0) / 2.0);
+        image::Rgb([px(0), px(1), px(2)])
+    })
+}
+
+/// Several RGB images side by side with a 2-pixel white gap.
+pub fn rgb_row(images: &[image::RgbImage]) -> image::RgbImage {
+    let h = images.iter().map(|i| i.height()).max().unwrap_or(0);
+    let w: u32 = images.iter().map(|i| i.width() + 2).sum::<u32>().saturating_sub(2);
+    let mut out = image::RgbImage::from_pixel(w.max(1), h.max(1), image::Rgb([255, 255, 255]));
+    let mut x0 = 0;
+    for im in images {
+        image::imageops::overlay(&mut out, im, x0 as i64, 0);
+        x0 += im.width() + 2;
+    }
+    out
+}
+
+/// Writes an RGB PNG atomically.
+pub fn save_rgb_png(img: &image::RgbImage, path: &std::path::Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| Error::io(path, e))?;
+    write_atomic(path, &bytes)
+}

@@ -5,6 +5,7 @@
 //! passes bytes.
 
 pub mod config;
+pub mod embeddings;
 pub mod pipeline;
 pub mod scheduler;
 pub mod unet;

@@ -121,28 +121,39 @@ pub fn weight_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
 /// Compares the stored tensors with what `cfg` needs; every problem is listed, by key.
 pub fn check_keys(cfg: &IfConfig, stored: &BTreeMap<String, (TensorInfo, String)>) -> Result<()> {
     let expected: BTreeMap<String, Vec<usize>> = parameter_shapes(cfg).into_iter().collect();
-    let mut problems = Vec::new();
+    let (mut missing, mut shapes, mut extra) = (Vec::new(), Vec::new(), Vec::new());
     for (k, shape) in &expected {
         match stored.get(k) {
-            None => problems.push(format!("missing {k} {shape:?}")),
-            Some((info, file)) if &info.shape != shape => problems.push(format!("{k} in {file} has shape {:?}, the config needs {shape:?}", info.shape)),
+            None => missing.push(format!("missing {k} {shape:?}")),
+            Some((info, file)) if &info.shape != shape => shapes.push(format!("{k} in {file} has shape {:?}, the config needs {shape:?}", info.shape)),
             _ => {}
         }
     }
     for (k, (_, file)) in stored {
         if !expected.contains_key(k) {
-            problems.push(format!("unexpected key {k} in {file}"));
+            extra.push(format!("unexpected key {k} in {file}"));
         }
     }
-    if problems.is_empty() {
+    let n = missing.len() + shapes.len() + extra.len();
+    if n == 0 {
         return Ok(());
     }
-    let n = problems.len();
-    problems.truncate(12);
+    // A few of each kind, so one long list does not hide the others.
+    let mut lines = Vec::new();
+    for (what, list) in [("missing", &missing), ("wrong shape", &shapes), ("unexpected", &extra)] {
+        if !list.is_empty() {
+            lines.extend(list.iter().take(5).cloned());
+            if list.len() > 5 {
+                lines.push(format!("... and {} more {what}", list.len() - 5));
+            }
+        }
+    }
     Err(Error::Invalid(format!(
-        "the weights do not match config.json ({n} problems; does config.json belong to these weights?):\n  {}{}",
-        problems.join("\n  "),
-        if n > 12 { format!("\n  ... and {} more", n - 12) } else { String::new() }
+        "the weights do not match config.json ({} missing, {} of the wrong shape, {} unexpected; does config.json belong to these weights?):\n  {}",
+        missing.len(),
+        shapes.len(),
+        extra.len(),
+        lines.join("\n  ")
     )))
 }
 

@@ -173,7 +173,7 @@ test('CPU: the time-only model draws an unconditional digit', async (t) => {
     return;
   }
   await page.locator('#model').selectOption('time_flow');
-  assert.equal(await page.locator('#digits').isDisabled(), true, 'the digit picker is off for an unconditional model');
+  assert.equal(await page.locator('#digits').evaluate((e) => e.disabled), true, 'the digit picker is off for an unconditional model');
   await set(page, 'steps', 20);
   await page.locator('#gen-one').click();
   await page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || !document.getElementById('error').hidden, null, { timeout: JOB_MS });

@@ -49,6 +49,8 @@ enum Command {
     Package(PackageArgs),
     /// Training and sampling speed, side by side with PyTorch on this machine.
     Bench(crate::bench::BenchArgs),
+    /// DeepFloyd IF stage 1 from your own diffusers download: the course's part A as PNGs.
+    If(crate::deepfloyd::IfArgs),
 }
 
 #[derive(Args)]
@@ -241,6 +243,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let device = device::init(cli.device)?;
     match cli.command {
         Command::Train(a) => cmd_train(a, &device),
+        Command::If(a) => crate::deepfloyd::run(a, &device),
         Command::TrainClassifier(a) => {
             let stop = stop_flag();
             let acc = train::train_classifier(
@@ -259,7 +262,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn stop_flag() -> Arc<AtomicBool> {
+pub(crate) fn stop_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     // A second Ctrl-C while saving falls through to the default handler only after this one

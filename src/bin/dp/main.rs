@@ -9,6 +9,8 @@ mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 mod commands;
 #[cfg(not(target_arch = "wasm32"))]
+mod deepfloyd;
+#[cfg(not(target_arch = "wasm32"))]
 mod models;
 
 #[cfg(not(target_arch = "wasm32"))]

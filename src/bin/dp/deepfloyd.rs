@@ -1,0 +1,299 @@
+//! `dp if ...`: the course's DeepFloyd IF stage-1 deliverables as PNGs, from the user's own
+//! diffusers download (`--unet path/to/IF-I-XL-v1.0/unet`) and precomputed prompt embeddings.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use burn::prelude::*;
+use clap::{Args, Subcommand, ValueEnum};
+use diffusion_playground::deepfloyd::config::SchedulerConfig;
+use diffusion_playground::deepfloyd::embeddings::PromptEmbeddings;
+use diffusion_playground::deepfloyd::pipeline::{self, Prompt, SeededNoise, Trajectory};
+use diffusion_playground::deepfloyd::scheduler::{strided_timesteps, DdpmScheduler, X0Mode};
+use diffusion_playground::deepfloyd::unet::IfUNet;
+use diffusion_playground::deepfloyd::views::View;
+use diffusion_playground::deepfloyd::weights::load_unet_dir;
+use diffusion_playground::image_ops::{decode_mask_square, decode_rgb_square, gaussian_blur, rgb_image, rgb_row, save_rgb_png};
+use diffusion_playground::rng::Rng;
+use diffusion_playground::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Args)]
+pub struct IfArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: IfCommand,
+}
+
+#[derive(Args)]
+struct Common {
+    /// The `unet` folder of a diffusers IF stage-1 download (config.json + safetensors).
+    #[arg(long, global = true)]
+    unet: Option<PathBuf>,
+    /// Prompt embeddings: safetensors, one [77, 4096] tensor per prompt, keyed by the prompt.
+    #[arg(long, global = true)]
+    embeddings: Option<PathBuf>,
+    /// The null prompt's key in the embeddings file (classifier-free guidance).
+    #[arg(long, global = true, default_value = "")]
+    null: String,
+    /// Guidance scale (the course uses 7); 0 turns guidance off (one model call per step).
+    #[arg(long, global = true, default_value_t = 7.0)]
+    guidance: f32,
+    /// Stride of the timesteps 990, 990 - stride, ..., 0.
+    #[arg(long, global = true, default_value_t = 30)]
+    stride: usize,
+    #[arg(long, global = true, default_value_t = 0)]
+    seed: u64,
+    /// What happens to the predicted clean image each step: none (the course), clip, or
+    /// dynamic (IF's pipeline: thresholding at the 0.95 quantile, max 1.5).
+    #[arg(long, global = true, value_enum, default_value = "none")]
+    x0: X0Choice,
+    /// Output folder.
+    #[arg(long, global = true, default_value = "out/deepfloyd")]
+    out: PathBuf,
+    /// Pixel scale of the written PNGs.
+    #[arg(long, global = true, default_value_t = 4)]
+    scale: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum X0Choice {
+    None,
+    Clip,
+    Dynamic,
+}
+
+#[derive(Subcommand)]
+enum IfCommand {
+    /// List the prompts in the embeddings file.
+    Prompts,
+    /// Forward noising at t = 250, 500, 750, the Gaussian-blur baseline, one-step denoising, and
+    /// iterative denoising from i_start with every 5th frame.
+    Denoise {
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long, default_value = "a high quality photo")]
+        prompt: String,
+        #[arg(long, default_value_t = 10)]
+        i_start: usize,
+    },
+    /// Sample images from pure noise.
+    Sample {
+        #[arg(long, default_value = "a high quality photo")]
+        prompt: String,
+        #[arg(long, default_value_t = 5)]
+        n: usize,
+    },
+    /// SDEdit: the image noised to each i_start and denoised back under the prompt.
+    Sdedit {
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long, default_value = "a high quality photo")]
+        prompt: String,
+        #[arg(long, value_delimiter = ',', default_value = "1,3,5,7,10,20")]
+        i_start: Vec<usize>,
+    },
+    /// Inpainting: new content where the mask is white.
+    Inpaint {
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long)]
+        mask: PathBuf,
+        #[arg(long, default_value = "a high quality photo")]
+        prompt: String,
+    },
+    /// Visual anagram: one prompt per view (e.g. --prompt "an oil painting of an old man"
+    /// --view identity --prompt "an oil painting of people around a campfire" --view flip).
+    Anagram {
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
+        /// identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed]
+        #[arg(long, required = true)]
+        view: Vec<String>,
+    },
+    /// Hybrid image: the low frequencies of one prompt and the high frequencies of another.
+    Hybrid {
+        #[arg(long)]
+        low: String,
+        #[arg(long)]
+        high: String,
+        #[arg(long, default_value_t = 33)]
+        kernel: usize,
+        #[arg(long, default_value_t = 2.0)]
+        sigma: f32,
+    },
+}
+
+struct Ctx {
+    model: IfUNet,
+    sched: DdpmScheduler,
+    emb: PromptEmbeddings,
+    common: Common,
+    device: Device,
+}
+
+impl Ctx {
+    fn prompt(&self, name: &str) -> Result<Prompt> {
+        let width = self.model.config.encoder_hid_dim;
+        let cond = self.emb.get(name, width, &self.device)?;
+        let uncond = if self.common.guidance > 0.0 { Some(self.emb.get(&self.common.null, width, &self.device)?) } else { None };
+        Ok(Prompt { cond, uncond, guidance: self.common.guidance })
+    }
+
+    fn x0(&self) -> X0Mode {
+        match self.common.x0 {
+            X0Choice::None => X0Mode::None,
+            X0Choice::Clip => X0Mode::Clip(1.0),
+            X0Choice::Dynamic => X0Mode::DynamicThreshold { ratio: 0.95, max: 1.5 },
+        }
+    }
+
+    fn side(&self) -> usize {
+        self.model.config.sample_size
+    }
+
+    fn image(&self, path: &Path) -> Result<(Tensor<4>, (u32, u32))> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let s = self.side();
+        let (v, size) = decode_rgb_square(&bytes, s, &path.display().to_string())?;
+        Ok((Tensor::from_data(TensorData::new(v, [1, 3, s, s]), &self.device), size))
+    }
+
+    fn save(&self, name: &str, images: &[Tensor<4>]) -> Result<PathBuf> {
+        let mut tiles = Vec::new();
+        for t in images {
+            let [b, _, h, _] = t.dims();
+            let v: Vec<f32> = t.clone().into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| Error::Device(format!("{e:?}")))?;
+            for i in 0..b {
+                tiles.push(rgb_image(&v[i * 3 * h * h..(i + 1) * 3 * h * h], h, self.common.scale));
+            }
+        }
+        std::fs::create_dir_all(&self.common.out).map_err(|e| Error::io(&self.common.out, e))?;
+        let path = self.common.out.join(format!("{name}.png"));
+        save_rgb_png(&rgb_row(&tiles), &path)?;
+        println!("wrote {}", path.display());
+        Ok(path)
+    }
+
+    /// A progress bar that also stops the loop on Ctrl-C.
+    fn run(&self, label: &str, f: impl FnOnce(&mut dyn FnMut(usize, usize, &Tensor<4>) -> bool) -> Result<Trajectory>) -> Result<Trajectory> {
+        let stop = crate::commands::stop_flag();
+        let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps {elapsed} (eta {eta})").unwrap());
+        bar.set_message(label.to_string());
+        let mut cb = |k: usize, total: usize, _: &Tensor<4>| {
+            bar.set_length(total as u64);
+            bar.set_position(k as u64 + 1);
+            !stop.load(Ordering::SeqCst)
+        };
+        let r = f(&mut cb);
+        bar.finish();
+        r
+    }
+}
+
+fn noise(seed: u64, parts: &[u64]) -> SeededNoise {
+    SeededNoise(Rng::derive(seed, parts))
+}
+
+pub fn run(a: IfArgs, device: &Device) -> Result<()> {
+    let c = a.common;
+    let need = |p: &Option<PathBuf>, what: &str| p.clone().ok_or_else(|| Error::Invalid(format!("--{what} is required: {}", match what {
+        "unet" => "the `unet` folder of your own diffusers IF stage-1 download (weights are never downloaded or shipped here)",
+        _ => "a safetensors file of prompt embeddings, one [77, 4096] tensor per prompt",
+    })));
+    let emb = PromptEmbeddings::from_file(&need(&c.embeddings, "embeddings")?)?;
+    if let IfCommand::Prompts = a.command {
+        for n in emb.names() {
+            println!("{n:?}");
+        }
+        return Ok(());
+    }
+    let unet = need(&c.unet, "unet")?;
+    let model = load_unet_dir(&unet, device)?;
+    let sched_path = unet.parent().map(|p| p.join("scheduler/scheduler_config.json"));
+    let mut sched = match sched_path.filter(|p| p.is_file()) {
+        Some(p) => DdpmScheduler::new(&SchedulerConfig::from_json(&std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?, &p.display().to_string())?),
+        None => DdpmScheduler::if_stage1(),
+    };
+    sched.set_timesteps(strided_timesteps(990.min(sched.num_train_timesteps() - 1), c.stride))?;
+    let ctx = Ctx { model, sched, emb, common: c, device: device.clone() };
+    let seed = ctx.common.seed;
+    let (m, s, x0) = (&ctx.model, &ctx.sched, ctx.x0());
+    match a.command {
+        IfCommand::Prompts => unreachable!(),
+        IfCommand::Denoise { image, prompt, i_start } => {
+            let (img, _) = ctx.image(&image)?;
+            let p = ctx.prompt(&prompt)?;
+            let uncond_free = Prompt { uncond: None, ..p.clone() };
+            let (mut noisy, mut blurred, mut one) = (vec![img.clone()], vec![img.clone()], vec![img.clone()]);
+            for (k, t) in [250usize, 500, 750].into_iter().enumerate() {
+                let x = pipeline::forward_noise(s, img.clone(), t, &mut noise(seed, &[1, k as u64]))?;
+                blurred.push(gaussian_blur(x.clone(), 5, 2.0));
+                one.push(pipeline::one_step_denoise(m, s, x.clone(), t, &uncond_free));
+                noisy.push(x);
+            }
+            ctx.save("forward_t250_500_750", &noisy)?;
+            ctx.save("blur_baseline_t250_500_750", &blurred)?;
+            ctx.save("one_step_t250_500_750", &one)?;
+            let mut n = noise(seed, &[2]);
+            let t0 = *s.timesteps().get(i_start).ok_or_else(|| Error::Invalid(format!("--i-start {i_start} is beyond the {} timesteps", s.timesteps().len())))?;
+            let x = pipeline::forward_noise(s, img.clone(), t0, &mut n)?;
+            let tr = ctx.run("iterative denoise", |cb| pipeline::iterative_denoise(m, s, x, i_start, &uncond_free, &mut n, x0, cb))?;
+            ctx.save("iterative_every_5th", &tr.frames)?;
+            ctx.save("iterative_final", &[tr.image])?;
+        }
+        IfCommand::Sample { prompt, n } => {
+            let p = ctx.prompt(&prompt)?;
+            let mut z = noise(seed, &[3]);
+            let tr = ctx.run("sample", |cb| pipeline::sample(m, s, n, ctx.side(), &p, &mut z, x0, cb))?;
+            ctx.save(&format!("sample_{}", slug(&prompt)), &[tr.image])?;
+        }
+        IfCommand::Sdedit { image, prompt, i_start } => {
+            let (img, _) = ctx.image(&image)?;
+            let p = ctx.prompt(&prompt)?;
+            let mut outs = Vec::new();
+            for (k, i) in i_start.iter().enumerate() {
+                let mut z = noise(seed, &[4, k as u64]);
+                let tr = ctx.run(&format!("sdedit i_start {i}"), |cb| pipeline::sdedit(m, s, img.clone(), *i, &p, &mut z, x0, cb))?;
+                outs.push(tr.image);
+            }
+            outs.push(img);
+            ctx.save(&format!("sdedit_{}", slug(&prompt)), &outs)?;
+        }
+        IfCommand::Inpaint { image, mask, prompt } => {
+            let (img, size) = ctx.image(&image)?;
+            let side = ctx.side();
+            let mbytes = std::fs::read(&mask).map_err(|e| Error::io(&mask, e))?;
+            let mv = decode_mask_square(&mbytes, side, size, &mask.display().to_string())?;
+            let mt = Tensor::<4>::from_data(TensorData::new(mv, [1, 1, side, side]), &ctx.device);
+            let p = ctx.prompt(&prompt)?;
+            let mut z = noise(seed, &[5]);
+            let tr = ctx.run("inpaint", |cb| pipeline::inpaint(m, s, img.clone(), mt.clone(), &p, &mut z, x0, cb))?;
+            let hole = img.clone() * (mt.clone().neg() + 1.0).expand([1, 3, side, side]);
+            ctx.save("inpaint", &[img, hole, tr.image])?;
+        }
+        IfCommand::Anagram { prompt, view } => {
+            if prompt.len() != view.len() {
+                return Err(Error::Invalid(format!("{} prompts but {} views: give one --view per --prompt", prompt.len(), view.len())));
+            }
+            let pairs = prompt.iter().zip(&view).map(|(p, v)| Ok((View::parse(v)?, ctx.prompt(p)?))).collect::<Result<Vec<_>>>()?;
+            let mut z = noise(seed, &[6]);
+            let tr = ctx.run("anagram", |cb| pipeline::visual_anagram(m, s, ctx.side(), &pairs, &mut z, x0, cb))?;
+            let shown = pairs.iter().map(|(v, _)| v.invert(tr.image.clone(), 3)).collect::<Result<Vec<_>>>()?;
+            ctx.save("anagram", &shown)?;
+        }
+        IfCommand::Hybrid { low, high, kernel, sigma } => {
+            let (pl, ph) = (ctx.prompt(&low)?, ctx.prompt(&high)?);
+            let mut z = noise(seed, &[7]);
+            let tr = ctx.run("hybrid", |cb| pipeline::hybrid(m, s, ctx.side(), &pl, &ph, kernel, sigma, &mut z, x0, cb))?;
+            ctx.save("hybrid", &[tr.image])?;
+        }
+    }
+    Ok(())
+}
+
+fn slug(s: &str) -> String {
+    let t: String = s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    t.chars().take(40).collect()
+}

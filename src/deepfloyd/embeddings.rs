@@ -1,0 +1,65 @@
+//! Precomputed T5-XXL prompt embeddings: a safetensors file whose keys are the prompts and whose
+//! tensors are `[77, 4096]` (or `[1, 77, 4096]`), f16, bf16 or f32. "" is the null prompt used
+//! for classifier-free guidance. (T5-XXL itself is 4.7B parameters and not run here.)
+
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
+use half::{bf16, f16};
+
+use super::weights::{parse_header, TensorInfo};
+use crate::{Error, Result};
+
+pub struct PromptEmbeddings {
+    bytes: Vec<u8>,
+    data_start: usize,
+    tensors: BTreeMap<String, TensorInfo>,
+    source: String,
+}
+
+impl PromptEmbeddings {
+    pub fn from_bytes(bytes: Vec<u8>, source: &str) -> Result<Self> {
+        let (n, tensors) = parse_header(&bytes, bytes.len() as u64, source)?;
+        if tensors.is_empty() {
+            return Err(Error::format(source, "holds no embeddings"));
+        }
+        Ok(PromptEmbeddings { bytes, data_start: 8 + n, tensors, source: source.to_string() })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(bytes, &path.display().to_string())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|s| s.as_str())
+    }
+
+    /// The embedding of `prompt` as `[1, tokens, width]`, checked against the model's `width`.
+    pub fn get(&self, prompt: &str, width: usize, device: &Device) -> Result<Tensor<3>> {
+        let info = self.tensors.get(prompt).ok_or_else(|| {
+            let mut known: Vec<&str> = self.names().take(12).collect();
+            known.iter_mut().for_each(|s| if s.is_empty() { *s = "\"\" (null)" });
+            Error::format(&self.source, format!("has no embedding for the prompt {prompt:?}; it holds: {}", known.join(" | ")))
+        })?;
+        let (tokens, w) = match info.shape.as_slice() {
+            [t, w] | [1, t, w] => (*t, *w),
+            s => return Err(Error::format(&self.source, format!("embedding {prompt:?} has shape {s:?}; expected [77, {width}] or [1, 77, {width}]"))),
+        };
+        if w != width || tokens == 0 {
+            return Err(Error::format(&self.source, format!("embedding {prompt:?} is [{tokens}, {w}] but the model takes {width}-wide tokens (T5-XXL: [77, 4096])")));
+        }
+        let [a, b] = info.data_offsets;
+        let raw = &self.bytes[self.data_start + a as usize..self.data_start + b as usize];
+        let v: Vec<f32> = match info.dtype.as_str() {
+            "F32" => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            "F16" => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            _ => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        };
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(Error::format(&self.source, format!("embedding {prompt:?} holds NaN or infinite values")));
+        }
+        Ok(Tensor::from_data(TensorData::new(v, [1, tokens, w]), device))
+    }
+}

@@ -1,0 +1,156 @@
+//! Bad input to the DeepFloyd loaders never panics: each case is an error that names the file
+//! and the problem.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use diffusion_playground::deepfloyd::config::IfConfig;
+use diffusion_playground::deepfloyd::embeddings::PromptEmbeddings;
+use diffusion_playground::deepfloyd::weights::load_unet_dir;
+use diffusion_playground::image_ops::{decode_mask_square, decode_rgb_square};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/deepfloyd");
+
+fn copy_unet(name: &str, tag: &str) -> PathBuf {
+    let dst = common::tmp(&format!("if-{tag}")).join("unet");
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(Path::new(FIX).join(name).join("unet")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+fn load_err(dir: &Path) -> String {
+    match load_unet_dir(dir, &Device::flex()) {
+        Ok(_) => panic!("{} loaded but should not have", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(p, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn truncated_weights_name_the_file() {
+    let d = copy_unet("tiny_m", "trunc");
+    let f = d.join("diffusion_pytorch_model.safetensors");
+    let b = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &b[..b.len() - 1000]).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("diffusion_pytorch_model.safetensors") && e.contains("truncated"), "{e}");
+    std::fs::write(&f, &b[..4]).unwrap();
+    assert!(load_err(&d).contains("not a safetensors file"));
+    std::fs::write(&f, b"{\"not\": \"safetensors\"}").unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("diffusion_pytorch_model.safetensors"), "{e}");
+}
+
+#[test]
+fn a_missing_shard_or_weights_file_is_named() {
+    let d = copy_unet("tiny_xl", "shard");
+    std::fs::remove_file(d.join("diffusion_pytorch_model-00002-of-00002.safetensors")).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("00002-of-00002") && e.contains("missing"), "{e}");
+    let empty = common::tmp("if-empty");
+    std::fs::write(empty.join("config.json"), std::fs::read(Path::new(FIX).join("tiny_m/unet/config.json")).unwrap()).unwrap();
+    assert!(load_err(&empty).contains("no diffusion_pytorch_model.safetensors"));
+    assert!(load_err(&common::tmp("if-nothing")).contains("config.json"));
+}
+
+#[test]
+fn config_and_weights_that_disagree_list_the_keys() {
+    // Wider blocks than the weights: shape mismatches, by key.
+    let d = copy_unet("tiny_m", "shape");
+    edit_config(&d, |v| v["block_out_channels"] = serde_json::json!([16, 64]));
+    let e = load_err(&d);
+    assert!(e.contains("has shape") && e.contains("down_blocks.1"), "{e}");
+    // Fewer layers than the weights: extra keys.
+    let d = copy_unet("tiny_xl", "extra");
+    edit_config(&d, |v| v["layers_per_block"] = serde_json::json!(1));
+    let e = load_err(&d);
+    assert!(e.contains("unexpected key") && e.contains("130 unexpected"), "{e}");
+    // More layers than the weights: missing keys.
+    let d = copy_unet("tiny_m", "missing");
+    edit_config(&d, |v| v["layers_per_block"] = serde_json::json!(2));
+    let e = load_err(&d);
+    assert!(e.contains("missing down_blocks.0.resnets.1"), "{e}");
+}
+
+#[test]
+fn an_extra_tensor_in_the_file_is_reported() {
+    let d = copy_unet("tiny_m", "extra-tensor");
+    let f = d.join("diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let extra = vec![0u8; 16];
+    let mut views: Vec<(String, TensorView)> = st.tensors().into_iter().collect();
+    views.push(("lora.up.weight".into(), TensorView::new(Dtype::F32, vec![4], &extra).unwrap()));
+    std::fs::write(&f, safetensors::serialize(views, None).unwrap()).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("unexpected key lora.up.weight"), "{e}");
+}
+
+#[test]
+fn unsupported_configs_are_refused_by_name() {
+    let base = std::fs::read_to_string(Path::new(FIX).join("tiny_m/unet/config.json")).unwrap();
+    let with = |k: &str, v: serde_json::Value| {
+        let mut j: serde_json::Value = serde_json::from_str(&base).unwrap();
+        j[k] = v;
+        IfConfig::from_json(&j.to_string(), "config.json").err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let e = with("down_block_types", serde_json::json!(["ResnetDownsampleBlock2D", "CrossAttnDownBlock2D"]));
+    assert!(e.contains("CrossAttnDownBlock2D") && e.contains("not supported"), "{e}");
+    assert!(with("mid_block_type", serde_json::json!("UNetMidBlock2DCrossAttn")).contains("mid_block_type"));
+    assert!(with("class_embed_type", serde_json::json!("timestep")).contains("class_embed_type"));
+    assert!(with("resnet_time_scale_shift", serde_json::json!("default")).contains("resnet_time_scale_shift"));
+    assert!(with("norm_num_groups", serde_json::json!(5)).contains("norm_num_groups"));
+    assert!(with("block_out_channels", serde_json::json!([16])).contains("block_out_channels"));
+    assert!(IfConfig::from_json("{", "config.json").unwrap_err().to_string().contains("config.json"));
+}
+
+#[test]
+fn wrong_embeddings_and_inputs_are_errors() {
+    let device = Device::flex();
+    // Embeddings: a [77, 8] tensor where the model takes 24-wide tokens, and an unknown prompt.
+    let data = vec![0u8; 77 * 8 * 4];
+    let views = vec![("a photo".to_string(), TensorView::new(Dtype::F32, vec![77, 8], &data).unwrap())];
+    let emb = PromptEmbeddings::from_bytes(safetensors::serialize(views, None).unwrap(), "prompts.safetensors").unwrap();
+    let e = emb.get("a photo", 24, &device).err().unwrap().to_string();
+    assert!(e.contains("prompts.safetensors") && e.contains("[77, 8]") && e.contains("24"), "{e}");
+    let e = emb.get("a dog", 24, &device).err().unwrap().to_string();
+    assert!(e.contains("no embedding for the prompt \"a dog\"") && e.contains("a photo"), "{e}");
+    assert!(PromptEmbeddings::from_bytes(b"garbage".to_vec(), "p.safetensors").is_err());
+    // The model refuses a text embedding of the wrong width and odd image sizes.
+    let m = load_unet_dir(&Path::new(FIX).join("tiny_m/unet"), &device).unwrap();
+    let x = Tensor::<4>::zeros([1, 3, 16, 16], &device);
+    let t = Tensor::<1>::zeros([1], &device);
+    let e = m.try_forward(x.clone(), t.clone(), Tensor::zeros([1, 77, 8], &device)).err().unwrap().to_string();
+    assert!(e.contains("text embedding has shape"), "{e}");
+    let e = m.try_forward(Tensor::zeros([1, 3, 15, 16], &device), t, Tensor::zeros([1, 7, 24], &device)).err().unwrap().to_string();
+    assert!(e.contains("15x16"), "{e}");
+}
+
+#[test]
+fn images_that_cannot_be_decoded_and_masks_of_the_wrong_size() {
+    let e = decode_rgb_square(b"not an image", 64, "photo.jpg").unwrap_err().to_string();
+    assert!(e.contains("photo.jpg") && e.contains("cannot be decoded"), "{e}");
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(80, 60, image::Rgb([255, 0, 0])).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let (v, size) = decode_rgb_square(&png, 64, "red.png").unwrap();
+    assert_eq!(size, (80, 60));
+    assert_eq!(v.len(), 3 * 64 * 64);
+    assert!((v[0] - 1.0).abs() < 1e-6 && (v[64 * 64] + 1.0).abs() < 1e-6, "red is (1, -1, -1)");
+    let mut mask = Vec::new();
+    image::GrayImage::from_pixel(64, 64, image::Luma([255])).write_to(&mut std::io::Cursor::new(&mut mask), image::ImageFormat::Png).unwrap();
+    let e = decode_mask_square(&mask, 64, size, "mask.png").unwrap_err().to_string();
+    assert!(e.contains("mask.png") && e.contains("64x64") && e.contains("80x60"), "{e}");
+}
