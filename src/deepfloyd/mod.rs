@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod embeddings;
+pub mod package;
 pub mod pipeline;
 pub mod scheduler;
 pub mod unet;

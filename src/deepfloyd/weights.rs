@@ -70,6 +70,12 @@ pub fn parse_header(bytes: &[u8], file_len: u64, source: &str) -> Result<(usize,
 
 #[cfg(not(target_arch = "wasm32"))]
 fn read_header_file(path: &std::path::Path) -> Result<BTreeMap<String, TensorInfo>> {
+    Ok(read_header_file_at(path)?.1)
+}
+
+/// The header length and tensors of a safetensors file, reading only its header.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_header_file_at(path: &std::path::Path) -> Result<(usize, BTreeMap<String, TensorInfo>)> {
     use std::io::Read;
     let source = path.display().to_string();
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -81,7 +87,7 @@ fn read_header_file(path: &std::path::Path) -> Result<BTreeMap<String, TensorInf
         head.resize(8 + n as usize, 0);
         f.read_exact(&mut head[8..]).map_err(|e| Error::io(path, e))?;
     }
-    Ok(parse_header(&head, len, &source)?.1)
+    parse_header(&head, len, &source)
 }
 
 /// The weight files of a diffusers `unet/` folder, in load order.
@@ -234,4 +240,64 @@ fn burn_key(k: &str) -> String {
         return format!("{stem}.beta");
     }
     k.to_string()
+}
+
+/// Converts a diffusers `unet/` folder into a package (see [`super::package`]) in `out`,
+/// one tensor in memory at a time. Returns the manifest (also written as `manifest.json`).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: super::package::Scheme, mut progress: impl FnMut(usize, usize)) -> Result<super::package::PackageManifest> {
+    use std::io::{Read, Seek, SeekFrom};
+    let cfg_path = dir.join("config.json");
+    let json = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let cfg = IfConfig::from_json(&json, &cfg_path.display().to_string())?;
+    let mut stored = BTreeMap::new();
+    let mut starts = BTreeMap::new();
+    for f in weight_files(dir)? {
+        let (n, tensors) = read_header_file_at(&f)?;
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        starts.insert(name.clone(), (f.clone(), 8 + n as u64));
+        for (k, info) in tensors {
+            stored.insert(k, (info, name.clone()));
+        }
+    }
+    check_keys(&cfg, &stored)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let config: serde_json::Value = serde_json::from_str(&json).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+    let mut writer = super::package::PackageWriter::new(config, scheme, |file: &str, bytes: &[u8]| crate::image_ops::write_atomic(&out.join(file), bytes));
+    let shapes = parameter_shapes(&cfg);
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        let (info, file) = &stored[name];
+        let (path, start) = &starts[file];
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        f.seek(SeekFrom::Start(start + info.data_offsets[0])).map_err(|e| Error::io(path, e))?;
+        let mut raw = vec![0u8; (info.data_offsets[1] - info.data_offsets[0]) as usize];
+        f.read_exact(&mut raw).map_err(|e| Error::io(path, format!("reading {name}: {e}")))?;
+        let values: Vec<f32> = match info.dtype.as_str() {
+            "F32" => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            "F16" => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            _ => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        };
+        writer.add(name, shape, &values)?;
+        progress(i + 1, shapes.len());
+    }
+    let manifest = writer.finish()?;
+    crate::image_ops::write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest).unwrap().as_bytes())?;
+    Ok(manifest)
+}
+
+/// Loads a package: manifest and shards (each checked for size and sha256) into the model.
+pub fn load_package_bytes(manifest_json: &str, shards: &[Vec<u8>], device: &Device) -> Result<IfUNet> {
+    let (m, _) = super::package::PackageManifest::parse(manifest_json, "manifest.json")?;
+    let tensors = m.tensors_f32(shards)?;
+    load_unet_bytes(&m.config.to_string(), vec![("package".into(), super::package::to_safetensors(&tensors))], device)
+}
+
+/// Loads a package folder written by [`convert_dir`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_package_dir(dir: &std::path::Path, device: &Device) -> Result<IfUNet> {
+    let mpath = dir.join("manifest.json");
+    let json = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
+    let (m, _) = super::package::PackageManifest::parse(&json, &mpath.display().to_string())?;
+    let shards = m.shards.iter().map(|s| std::fs::read(dir.join(&s.file)).map_err(|e| Error::io(dir.join(&s.file), e))).collect::<Result<Vec<_>>>()?;
+    load_package_bytes(&json, &shards, device)
 }

@@ -51,6 +51,8 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// DeepFloyd IF stage 1 from your own diffusers download: the course's part A as PNGs.
     If(crate::deepfloyd::IfArgs),
+    /// A diffusers IF `unet/` folder -> a sharded, hashed package for the page (f16, q8 or q4).
+    Convert(crate::deepfloyd::ConvertArgs),
 }
 
 #[derive(Args)]
@@ -244,6 +246,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => cmd_train(a, &device),
         Command::If(a) => crate::deepfloyd::run(a, &device),
+        Command::Convert(a) => crate::deepfloyd::convert(a),
         Command::TrainClassifier(a) => {
             let stop = stop_flag();
             let acc = train::train_classifier(

@@ -12,7 +12,9 @@ use diffusion_playground::deepfloyd::pipeline::{self, Prompt, SeededNoise, Traje
 use diffusion_playground::deepfloyd::scheduler::{strided_timesteps, DdpmScheduler, X0Mode};
 use diffusion_playground::deepfloyd::unet::IfUNet;
 use diffusion_playground::deepfloyd::views::View;
-use diffusion_playground::deepfloyd::weights::load_unet_dir;
+use diffusion_playground::deepfloyd::config::IfConfig;
+use diffusion_playground::deepfloyd::package::{package_bytes, Scheme};
+use diffusion_playground::deepfloyd::weights::{convert_dir, load_package_dir, load_unet_dir};
 use diffusion_playground::image_ops::{decode_mask_square, decode_rgb_square, gaussian_blur, rgb_image, rgb_row, save_rgb_png};
 use diffusion_playground::rng::Rng;
 use diffusion_playground::{Error, Result};
@@ -27,10 +29,58 @@ pub struct IfArgs {
 }
 
 #[derive(Args)]
+pub struct ConvertArgs {
+    /// The `unet` folder of a diffusers IF stage-1 download.
+    #[arg(long, required_unless_present = "sizes")]
+    unet: Option<PathBuf>,
+    /// Output folder (manifest.json + shard-NNNNN.bin).
+    #[arg(long, required_unless_present = "sizes")]
+    out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "q8")]
+    scheme: Scheme,
+    /// Print the package sizes of IF-I M, L and XL for every scheme instead of converting.
+    #[arg(long)]
+    sizes: bool,
+}
+
+pub fn convert(a: ConvertArgs) -> Result<()> {
+    if a.sizes {
+        println!("{:<6} {:>14} {:>10} {:>10} {:>10} {:>10}", "model", "parameters", "f32", "f16", "q8", "q4");
+        for v in ["M", "L", "XL"] {
+            let cfg = IfConfig::if_i(v)?;
+            let gb = |b: u64| format!("{:.2} GB", b as f64 / 1e9);
+            println!(
+                "IF-I-{v:<2} {:>14} {:>10} {:>10} {:>10} {:>10}  widths {:?}",
+                cfg.parameter_count(),
+                gb(cfg.parameter_count() * 4),
+                gb(package_bytes(&cfg, Scheme::F16)),
+                gb(package_bytes(&cfg, Scheme::Q8)),
+                gb(package_bytes(&cfg, Scheme::Q4)),
+                cfg.block_out_channels
+            );
+        }
+        return Ok(());
+    }
+    let (unet, out) = (a.unet.unwrap(), a.out.unwrap());
+    let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template("converting {bar:30} {pos}/{len} tensors {elapsed}").unwrap());
+    let m = convert_dir(&unet, &out, a.scheme, |i, n| {
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
+    })?;
+    bar.finish();
+    let total: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    println!("{}: {} tensors in {} shards, {total} bytes ({:?})", out.display(), m.tensors.len(), m.shards.len(), a.scheme);
+    Ok(())
+}
+
+#[derive(Args)]
 struct Common {
     /// The `unet` folder of a diffusers IF stage-1 download (config.json + safetensors).
     #[arg(long, global = true)]
     unet: Option<PathBuf>,
+    /// Or a package made by `dp convert` (hashes checked on load).
+    #[arg(long, global = true, conflicts_with = "unet")]
+    package: Option<PathBuf>,
     /// Prompt embeddings: safetensors, one [77, 4096] tensor per prompt, keyed by the prompt.
     #[arg(long, global = true)]
     embeddings: Option<PathBuf>,
@@ -199,7 +249,7 @@ fn noise(seed: u64, parts: &[u64]) -> SeededNoise {
 pub fn run(a: IfArgs, device: &Device) -> Result<()> {
     let c = a.common;
     let need = |p: &Option<PathBuf>, what: &str| p.clone().ok_or_else(|| Error::Invalid(format!("--{what} is required: {}", match what {
-        "unet" => "the `unet` folder of your own diffusers IF stage-1 download (weights are never downloaded or shipped here)",
+        "unet" => "the `unet` folder of your own diffusers IF stage-1 download, or --package (weights are never downloaded or shipped here)",
         _ => "a safetensors file of prompt embeddings, one [77, 4096] tensor per prompt",
     })));
     let emb = PromptEmbeddings::from_file(&need(&c.embeddings, "embeddings")?)?;
@@ -209,8 +259,13 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
         }
         return Ok(());
     }
-    let unet = need(&c.unet, "unet")?;
-    let model = load_unet_dir(&unet, device)?;
+    let (model, unet) = match &c.package {
+        Some(p) => (load_package_dir(p, device)?, p.clone()),
+        None => {
+            let unet = need(&c.unet, "unet")?;
+            (load_unet_dir(&unet, device)?, unet)
+        }
+    };
     let sched_path = unet.parent().map(|p| p.join("scheduler/scheduler_config.json"));
     let mut sched = match sched_path.filter(|p| p.is_file()) {
         Some(p) => DdpmScheduler::new(&SchedulerConfig::from_json(&std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?, &p.display().to_string())?),
