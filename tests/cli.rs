@@ -90,7 +90,8 @@ fn flow_pipeline_and_bad_weights() {
     std::fs::write(&run_model, &good).unwrap();
     let cfg = std::fs::read_to_string(w.join("run/config.json")).unwrap();
     std::fs::write(w.join("run/config.json"), cfg.replace("\"hidden\": 4", "\"hidden\": 8")).unwrap();
-    fails(&w, &["sample", "--model", "run"], "does not fit this model (Record validation error");
+    fails(&w, &["sample", "--model", "run"], "does not fit this model");
+    fails(&w, &["sample", "--model", "run"], "e1.conv1.conv.weight");
     std::fs::write(w.join("run/config.json"), cfg).unwrap();
 
     fails(&w, &["sample", "--model", "run", "--digits", "3,12"], "12 is not a digit");

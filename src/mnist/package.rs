@@ -153,9 +153,12 @@ pub fn load_module_bytes<M: Module>(module: M, bytes: &[u8], source: &str) -> Re
     }
     let mut module = module;
     let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes.to_vec()))).with_from_adapter(FloatCastAdapter::to(DType::F32));
-    let result = module
-        .load_from(&mut store)
-        .map_err(|e| Error::format(source, format!("not a readable or fitting burnpack model file ({})", abridge(&e.to_string(), 600))))?;
+    let result = module.load_from(&mut store).map_err(|e| {
+        let e = e.to_string();
+        // burn reports shape/dtype mismatches as a validation error listing each tensor.
+        let what = if e.contains("Mismatch") { "does not fit this model" } else { "not a readable burnpack model file" };
+        Error::format(source, format!("{what} ({})", abridge(&e, 600)))
+    })?;
     if !result.is_success() || !result.missing.is_empty() {
         return Err(Error::format(source, format!("does not fit this model ({})", abridge(&format!("{result:?}"), 600))));
     }
