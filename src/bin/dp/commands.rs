@@ -53,6 +53,8 @@ enum Command {
     If(crate::deepfloyd::IfArgs),
     /// A diffusers IF `unet/` folder -> a sharded, hashed package for the page (f16, q8 or q4).
     Convert(crate::deepfloyd::ConvertArgs),
+    /// One IF stage-1 UNet step at a real size (random weights), next to diffusers.
+    BenchIf(crate::bench_if::BenchIfArgs),
 }
 
 #[derive(Args)]
@@ -207,6 +209,11 @@ enum Figure {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Redraws a run's loss.png from its loss.csv (say, after training on a machine without fonts).
+    Loss {
+        /// Run directory holding loss.csv.
+        run: PathBuf,
+    },
     /// Pure-noise denoiser outputs beside the training-set mean image.
     Mean {
         #[arg(long, default_value = "runs/pure-noise")]
@@ -247,6 +254,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cmd_train(a, &device),
         Command::If(a) => crate::deepfloyd::run(a, &device),
         Command::Convert(a) => crate::deepfloyd::convert(a),
+        Command::BenchIf(a) => crate::bench_if::run(a, &device, &cli.device.to_string()),
         Command::TrainClassifier(a) => {
             let stop = stop_flag();
             let acc = train::train_classifier(
@@ -491,6 +499,18 @@ fn cmd_figures(f: Figure, device: &Device) -> Result<()> {
             let v = to_vec(Tensor::stack::<5>(rows, 1).reshape([5 * SIGMAS.len(), 1, 28, 28]))?;
             save_png(&grid(&v, 28, 5, SIGMAS.len(), 3, 2), &out)?;
             println!("columns sigma = {SIGMAS:?} -> {}", out.display());
+        }
+        Figure::Loss { run } => {
+            let csv = run.join("loss.csv");
+            let text = std::fs::read_to_string(&csv).map_err(|e| Error::io(&csv, e))?;
+            let mut losses = Vec::new();
+            for (i, line) in text.lines().enumerate().skip(1) {
+                let v = line.rsplit(',').next().and_then(|v| v.trim().parse::<f32>().ok());
+                losses.push(v.ok_or_else(|| Error::format(&csv, format!("line {}: expected step,epoch,loss", i + 1)))?);
+            }
+            let out = run.join("loss.png");
+            diffusion_playground::plot::loss_png(&losses, &out)?;
+            println!("{} losses -> {}", losses.len(), out.display());
         }
         Figure::Ood { model, epoch, out, data } => {
             let (m, from) = models::load_unet(&model, epoch, device)?;

@@ -336,3 +336,63 @@ pub fn parameter_shapes(cfg: &IfConfig) -> Vec<(String, Vec<usize>)> {
     conv(&mut out, "conv_out".into(), c[0], cfg.out_channels, 3);
     out
 }
+
+/// FLOPs of one forward pass (multiply-add = 2) for `batch` images of `side x side` with
+/// `tokens` text tokens: convolutions, linear layers and attention matmuls (norms and
+/// activations, a few percent, are left out).
+pub fn forward_flops(cfg: &IfConfig, side: usize, tokens: usize, batch: usize) -> f64 {
+    let (td, e, x) = (cfg.time_embed_dim() as f64, cfg.encoder_hid_dim as f64, cfg.cross_attention_dim as f64);
+    let l = tokens as f64;
+    let conv = |cin: usize, cout: usize, k: f64, hw: f64| 2.0 * cin as f64 * cout as f64 * k * hw;
+    let resnet = |cin: usize, cout: usize, hw_in: f64, hw_out: f64| {
+        // conv1 runs after resampling; the shortcut is 1x1.
+        conv(cin, cout, 9.0, hw_out) + conv(cout, cout, 9.0, hw_out) + if cin != cout { conv(cin, cout, 1.0, hw_out) } else { 0.0 } + 2.0 * td * 2.0 * cout as f64 + 0.0 * hw_in
+    };
+    let attn = |c: usize, hw: f64, only_cross: bool| {
+        let c = c as f64;
+        let keys = l + if only_cross { 0.0 } else { hw };
+        2.0 * c * c * hw * (2.0 + if only_cross { 0.0 } else { 2.0 }) + 2.0 * 2.0 * x * c * l + 2.0 * 2.0 * hw * keys * c
+    };
+    let c = &cfg.block_out_channels;
+    let n = c.len();
+    let mut f = 0.0;
+    // Embeddings: time MLP, text pooling (q over 1 token, k/v over L+1), projections.
+    f += 2.0 * (c[0] as f64 * td + td * td) + 2.0 * e * e * (1.0 + 2.0 * (l + 1.0)) + 2.0 * e * td + 2.0 * e * x * l;
+    let hw = |i: usize| ((side >> i) * (side >> i)) as f64;
+    f += conv(cfg.in_channels, c[0], 9.0, hw(0));
+    let mut cin = c[0];
+    for i in 0..n {
+        for j in 0..cfg.layers_per_block {
+            f += resnet(if j == 0 { cin } else { c[i] }, c[i], hw(i), hw(i));
+            if cfg.down[i] == BlockKind::SimpleCrossAttn {
+                f += attn(c[i], hw(i), cfg.only_cross_attention);
+            }
+        }
+        if i + 1 < n {
+            f += resnet(c[i], c[i], hw(i), hw(i + 1));
+        }
+        cin = c[i];
+    }
+    f += 2.0 * resnet(c[n - 1], c[n - 1], hw(n - 1), hw(n - 1)) + attn(c[n - 1], hw(n - 1), cfg.mid_only_cross_attention);
+    let rev: Vec<usize> = c.iter().rev().copied().collect();
+    let mut o = rev[0];
+    for i in 0..n {
+        let level = n - 1 - i;
+        let prev = o;
+        o = rev[i];
+        let input = rev[(i + 1).min(n - 1)];
+        let layers = cfg.layers_per_block + 1;
+        for j in 0..layers {
+            let skip = if j == layers - 1 { input } else { o };
+            f += resnet(if j == 0 { prev } else { o } + skip, o, hw(level), hw(level));
+            if cfg.up[i] == BlockKind::SimpleCrossAttn {
+                f += attn(o, hw(level), cfg.only_cross_attention);
+            }
+        }
+        if i + 1 < n {
+            f += resnet(o, o, hw(level), hw(level - 1));
+        }
+    }
+    f += conv(c[0], cfg.out_channels, 9.0, hw(0));
+    f * batch as f64
+}

@@ -1,0 +1,103 @@
+//! `dp bench-if`: one UNet step of IF stage 1 at a real size (random weights: speed does not
+//! depend on their values), batch 2 as guidance runs it, 64x64, 77 tokens, next to diffusers on
+//! the same machine. Prints ms per step, GFLOP/s, peak memory and the ratio.
+
+use std::process::Command;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::prelude::*;
+use clap::Args;
+use diffusion_playground::deepfloyd::config::IfConfig;
+use diffusion_playground::deepfloyd::unet::forward_flops;
+use diffusion_playground::rng::Rng;
+use diffusion_playground::{Error, Result};
+
+#[derive(Args)]
+pub struct BenchIfArgs {
+    /// IF-I size: M, L or XL.
+    #[arg(long, default_value = "M")]
+    variant: String,
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Skip the diffusers side.
+    #[arg(long)]
+    no_torch: bool,
+}
+
+/// Peak resident memory of this process (Linux), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|kb| kb / 1024.0)
+}
+
+pub fn run(a: BenchIfArgs, device: &Device, device_name: &str) -> Result<()> {
+    let cfg = IfConfig::if_i(&a.variant)?;
+    let (side, tokens) = (64, 77);
+    let flops = forward_flops(&cfg, side, tokens, a.batch);
+    println!(
+        "IF-I-{} ({} parameters, widths {:?}): {:.1} GFLOP per UNet step at batch {}",
+        a.variant,
+        cfg.parameter_count(),
+        cfg.block_out_channels,
+        flops / 1e9,
+        a.batch
+    );
+    let t0 = Instant::now();
+    let model = cfg.init(device).valid();
+    println!("built with random weights in {:.1} s", t0.elapsed().as_secs_f64());
+    let mut rng = Rng::new(0);
+    let x = Tensor::<4>::from_data(TensorData::new(rng.normal_vec(a.batch * 3 * side * side), [a.batch, 3, side, side]), device);
+    let text = Tensor::<3>::from_data(TensorData::new(rng.normal_vec(a.batch * tokens * 4096), [a.batch, tokens, 4096]), device);
+    let t = Tensor::<1>::full([a.batch], 500.0, device);
+    let step = || {
+        let y = model.forward(x.clone(), t.clone(), text.clone());
+        let _ = y.into_data();
+    };
+    let w = Instant::now();
+    step();
+    let warm = w.elapsed().as_secs_f64() * 1000.0;
+    let s = Instant::now();
+    for _ in 0..a.steps {
+        step();
+    }
+    let ms = s.elapsed().as_secs_f64() * 1000.0 / a.steps as f64;
+    let mem = peak_rss_mb().map(|m| format!("{m:.0} MB")).unwrap_or("n/a".into());
+    println!("device: {device_name}");
+    println!("burn      {ms:9.1} ms per step ({:.1} GFLOP/s); first step {warm:.0} ms; peak RSS {mem}", flops / ms / 1e6);
+    let _ = model.num_params();
+    if a.no_torch {
+        return Ok(());
+    }
+    let widths: Vec<String> = cfg.block_out_channels.iter().map(|w| w.to_string()).collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/bench_if_torch.py");
+    let out = Command::new("python3")
+        .args([script, "--widths", &widths.join(","), "--layers", &cfg.layers_per_block.to_string(), "--batch", &a.batch.to_string(), "--steps", &a.steps.to_string()])
+        .output()
+        .map_err(|e| Error::Invalid(format!("could not run python3 for the diffusers side ({e}); pass --no-torch")))?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!(
+            "the diffusers side failed (pip install torch diffusers?): {}",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).map_err(|e| Error::Invalid(format!("unexpected output from {script}: {e}")))?;
+    let tms = v["ms_per_step"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "diffusers {tms:9.1} ms per step ({:.1} GFLOP/s); peak RSS {:.0} MB; torch {} with {} threads, {} parameters",
+        flops / tms / 1e6,
+        v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+        v["torch"],
+        v["threads"],
+        v["parameters"]
+    );
+    if v["parameters"].as_u64() != Some(cfg.parameter_count()) {
+        println!("warning: diffusers built {} parameters, this crate {}", v["parameters"], cfg.parameter_count());
+    }
+    println!("ratio burn/diffusers (time per step, lower is faster): {:.2}x", ms / tms);
+    Ok(())
+}
