@@ -97,6 +97,8 @@ fn flow_pipeline_and_bad_weights() {
     fails(&w, &["sample", "--model", "run", "--digits", "3,12"], "12 is not a digit");
     fails(&w, &["train", "class-flow", "--out", "x", "--data", "/nonexistent/mnist"], "setup.sh");
     fails(&w, &["train", "class-flow", "--out", "x", "--data", d, "--lr=0"], "--lr must be a positive number");
+    // The denoiser's default batch 256 hits burn 0.22's GPU reduction bug: refused up front.
+    fails(&w, &["--device", "wgpu", "train", "denoiser", "--out", "x", "--data", d], "--batch 256 is too large for --device wgpu");
 }
 
 #[test]

@@ -246,9 +246,33 @@ struct PackageArgs {
     notes: Vec<String>,
 }
 
+/// The longest reduced dimension burn 0.22's GPU reductions were seen to get right.
+const GPU_REDUCE_LIMIT: usize = 65_504;
+
 const SIGMAS: [f32; 7] = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0];
 
+/// burn 0.22's GPU reduction kernels return wrong sums when one reduced dimension exceeds
+/// about 65,504 elements (seen on an H100 and on lavapipe: tests/wgpu_reduce.rs). Train-mode BatchNorm
+/// reduces over batch x 28 x 28 values per channel, so a larger batch silently wrecks training
+/// there (the denoiser's batch 256 diverged); refuse it before any work starts.
+fn check_gpu_batch(a: &TrainArgs, choice: DeviceChoice) -> Result<()> {
+    let batch = a.batch.unwrap_or(a.recipe.defaults().batch);
+    if choice != DeviceChoice::Cpu && batch * PIXELS > GPU_REDUCE_LIMIT {
+        return Err(Error::Invalid(format!(
+            "--batch {batch} is too large for --device {choice}: BatchNorm would reduce over {} values per channel, \
+             and burn 0.22's GPU reductions are wrong beyond {GPU_REDUCE_LIMIT} (the loss diverges); \
+             use --batch {} or less, or --device cpu",
+            batch * PIXELS,
+            GPU_REDUCE_LIMIT / PIXELS
+        )));
+    }
+    Ok(())
+}
+
 pub fn run(cli: Cli) -> Result<()> {
+    if let Command::Train(a) = &cli.command {
+        check_gpu_batch(a, cli.device)?;
+    }
     let device = device::init(cli.device)?;
     match cli.command {
         Command::Train(a) => cmd_train(a, &device),
