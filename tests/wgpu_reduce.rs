@@ -13,7 +13,7 @@ use diffusion_playground::rng::Rng;
 fn max_rel_err(n: usize, cpu: &Device, gpu: &Device) -> f32 {
     let data = Rng::new(3).normal_vec(8 * n);
     let sum = |d: &Device| -> Vec<f32> {
-        Tensor::<2>::from_data(TensorData::new(data.clone(), [8, n]), d).sum_dim(1).into_data().convert::<f32>().to_vec::<f32>().unwrap()
+        Tensor::<2>::from_data(TensorData::new(data.clone(), [8, n]), d).sum_dim(1).into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     };
     let (a, b) = (sum(cpu), sum(gpu));
     // Sums of n unit normals have std sqrt(n): compare on that scale.

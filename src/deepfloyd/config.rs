@@ -182,42 +182,51 @@ impl IfConfig {
         raw.validate(source)
     }
 
-    /// IF-I-XL as published (SPEC part A), for size and FLOP arithmetic; `-M`/`-L` differ in widths.
+    /// IF-I-XL as published (SPEC part A), for size and FLOP arithmetic; `-M`/`-L` differ in widths
+    /// (inferred from their published parameter counts). Parsed from [`Self::if_i_json`], so the
+    /// same checks apply as to a user's file.
     pub fn if_i(variant: &str) -> Result<Self> {
-        let (widths, head_dim) = match variant {
-            "M" | "m" => (vec![192, 384, 576, 768], 64),
-            "L" | "l" => (vec![320, 640, 960, 1280], 64),
-            "XL" | "xl" => (vec![704, 1408, 2112, 2816], 64),
+        Self::from_json(&Self::if_i_json(variant)?.to_string(), &format!("IF-I-{variant} config"))
+    }
+
+    /// The diffusers `unet/config.json` of IF-I-M, -L or -XL.
+    pub fn if_i_json(variant: &str) -> Result<serde_json::Value> {
+        let widths: [usize; 4] = match variant {
+            "M" | "m" => [192, 384, 576, 768],
+            "L" | "l" => [320, 640, 960, 1280],
+            "XL" | "xl" => [704, 1408, 2112, 2816],
             other => return Err(Error::Invalid(format!("unknown IF-I variant {other:?}: use M, L or XL"))),
         };
-        let last = *widths.last().unwrap();
-        let mut down = vec![BlockKind::Resnet];
-        down.extend([BlockKind::SimpleCrossAttn; 3]);
-        let mut up = vec![BlockKind::SimpleCrossAttn; 3];
-        up.push(BlockKind::Resnet);
-        Ok(IfConfig {
-            in_channels: 3,
-            out_channels: 6,
-            block_out_channels: widths,
-            layers_per_block: 3,
-            down,
-            up,
-            head_dim,
-            cross_attention_dim: last,
-            encoder_hid_dim: 4096,
-            pool_heads: 64,
-            groups: 32,
-            eps: 1e-5,
-            act: Act::Gelu,
-            skip_time_act: false,
-            resnet_out_scale: 1.0,
-            mid_scale: 1.0,
-            flip_sin_to_cos: true,
-            freq_shift: 0.0,
-            only_cross_attention: false,
-            mid_only_cross_attention: false,
-            sample_size: 64,
-        })
+        Ok(serde_json::json!({
+            "_class_name": "UNet2DConditionModel",
+            "act_fn": "gelu",
+            "addition_embed_type": "text",
+            "addition_embed_type_num_heads": 64,
+            "attention_head_dim": 64,
+            "block_out_channels": widths,
+            "cross_attention_dim": widths[3],
+            "cross_attention_norm": "group_norm",
+            "down_block_types": ["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"],
+            "encoder_hid_dim": 4096,
+            "encoder_hid_dim_type": "text_proj",
+            "flip_sin_to_cos": true,
+            "freq_shift": 0,
+            "in_channels": 3,
+            "layers_per_block": 3,
+            "mid_block_scale_factor": 1,
+            "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+            "norm_eps": 1e-05,
+            "norm_num_groups": 32,
+            "only_cross_attention": false,
+            "out_channels": 6,
+            "resnet_out_scale_factor": 1.0,
+            "resnet_skip_time_act": false,
+            "resnet_time_scale_shift": "scale_shift",
+            "sample_size": 64,
+            "up_block_types": ["SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
+            "upcast_attention": false,
+            "use_linear_projection": false
+        }))
     }
 
     /// Number of parameters of the model this config builds.

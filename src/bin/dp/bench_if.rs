@@ -26,6 +26,9 @@ pub struct BenchIfArgs {
     /// Skip the diffusers side.
     #[arg(long)]
     no_torch: bool,
+    /// Instead of timing: the output error of f16, q8 and q4 packages against f32 weights.
+    #[arg(long)]
+    quant_error: bool,
 }
 
 /// Peak resident memory of this process (Linux), in MB.
@@ -36,6 +39,9 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 pub fn run(a: BenchIfArgs, device: &Device, device_name: &str) -> Result<()> {
+    if a.quant_error {
+        return quant_error(&a, device);
+    }
     let cfg = IfConfig::if_i(&a.variant)?;
     let (side, tokens) = (64, 77);
     let flops = forward_flops(&cfg, side, tokens, a.batch);
@@ -99,5 +105,59 @@ pub fn run(a: BenchIfArgs, device: &Device, device_name: &str) -> Result<()> {
         println!("warning: diffusers built {} parameters, this crate {}", v["parameters"], cfg.parameter_count());
     }
     println!("ratio burn/diffusers (time per step, lower is faster): {:.2}x", ms / tms);
+    Ok(())
+}
+
+/// Random weights of the variant's real size in diffusers layout (uniform +-1/sqrt(fan-in), as
+/// PyTorch initialises, so activations keep a realistic scale), run once as f32 and once from an
+/// in-memory package per scheme on the same inputs; prints max|out_q - out_f32| / max|out_f32|.
+fn quant_error(a: &BenchIfArgs, device: &Device) -> Result<()> {
+    use diffusion_playground::deepfloyd::package::{to_safetensors, PackageWriter, Scheme};
+    use diffusion_playground::deepfloyd::unet::parameter_shapes;
+    use diffusion_playground::deepfloyd::weights::{load_package_bytes, load_unet_bytes};
+
+    let json = IfConfig::if_i_json(&a.variant)?;
+    let cfg = IfConfig::from_json(&json.to_string(), "config")?;
+    let mut rng = Rng::new(7);
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = parameter_shapes(&cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = if shape.len() == 1 && name.contains("norm") && name.ends_with(".weight") {
+                (0..n).map(|_| 1.0 + 0.1 * rng.normal()).collect()
+            } else {
+                let fan_in = if shape.len() > 1 { shape[1..].iter().product::<usize>() } else { shape[0] };
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                rng.uniform_vec(n).into_iter().map(|u| (2.0 * u - 1.0) * bound).collect()
+            };
+            (name, shape, values)
+        })
+        .collect();
+    println!("IF-I-{} with random weights: {} parameters", a.variant, cfg.parameter_count());
+    let (side, tokens) = (64, 77);
+    let x = Tensor::<4>::from_data(TensorData::new(rng.normal_vec(a.batch * 3 * side * side), [a.batch, 3, side, side]), device);
+    let text = Tensor::<3>::from_data(TensorData::new(rng.normal_vec(a.batch * tokens * 4096), [a.batch, tokens, 4096]), device);
+    let t = Tensor::<1>::full([a.batch], 500.0, device);
+    let run = |model: diffusion_playground::deepfloyd::unet::IfUNet| -> Result<Vec<f32>> {
+        model.forward(x.clone(), t.clone(), text.clone()).into_data().try_to_vec::<f32>().map_err(|e| Error::Device(format!("{e:?}")))
+    };
+    let reference = run(load_unet_bytes(&json.to_string(), vec![("random".into(), to_safetensors(&tensors))], device)?)?;
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    println!("f32 output: max |out| {scale:.3}");
+    for scheme in [Scheme::F16, Scheme::Q8, Scheme::Q4] {
+        let mut shards: Vec<Vec<u8>> = Vec::new();
+        let mut writer = PackageWriter::new(json.clone(), scheme, |_: &str, bytes: &[u8]| {
+            shards.push(bytes.to_vec());
+            Ok(())
+        });
+        for (name, shape, values) in &tensors {
+            writer.add(name, shape, values)?;
+        }
+        let manifest = writer.finish()?;
+        let bytes: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
+        let out = run(load_package_bytes(&serde_json::to_string(&manifest).unwrap(), &shards, device)?)?;
+        let err = out.iter().zip(&reference).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale;
+        println!("{scheme:?}: package {:.2} GB, output error max|out - out_f32| / max|out_f32| = {err:.2e}", bytes as f64 / 1e9);
+    }
     Ok(())
 }
