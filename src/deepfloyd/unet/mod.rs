@@ -150,22 +150,10 @@ impl IfConfig {
             attentions: vec![Attention::new(self, last, self.mid_only_cross_attention, device)],
         };
         let mut up_blocks = Vec::new();
-        let rev: Vec<usize> = c.iter().rev().copied().collect();
-        let mut out = rev[0];
-        for i in 0..n {
-            let prev = out;
-            out = rev[i];
-            let input = rev[(i + 1).min(n - 1)];
-            let layers = self.layers_per_block + 1;
-            let resnets = (0..layers)
-                .map(|j| {
-                    let skip = if j == layers - 1 { input } else { out };
-                    let rin = if j == 0 { prev } else { out };
-                    ResnetBlock2D::new(self, rin + skip, out, rs, Resample::None, device)
-                })
-                .collect();
+        for (i, (out, ins)) in up_resnet_channels(self).into_iter().enumerate() {
+            let resnets = ins.iter().map(|&cin| ResnetBlock2D::new(self, cin, out, rs, Resample::None, device)).collect();
             let upsamplers = if i + 1 < n { vec![ResnetBlock2D::new(self, out, out, rs, Resample::Up, device)] } else { vec![] };
-            up_blocks.push(UpBlock { resnets, attentions: attn(out, self.up[i], layers), upsamplers });
+            up_blocks.push(UpBlock { resnets, attentions: attn(out, self.up[i], ins.len()), upsamplers });
         }
         IfUNet {
             time_embedding: TimestepEmbedding::new(c[0], td, self.act, device),
@@ -243,6 +231,31 @@ impl IfUNet {
     }
 }
 
+/// The up path's channels as diffusers wires them, per up block (deepest first): its output
+/// width and, for each of its `layers_per_block + 1` resnets, the input width including the skip
+/// connection it concatenates. Shared by the model, its parameter list and its FLOP count.
+fn up_resnet_channels(cfg: &IfConfig) -> Vec<(usize, Vec<usize>)> {
+    let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
+    let n = rev.len();
+    let layers = cfg.layers_per_block + 1;
+    let mut out = rev[0];
+    (0..n)
+        .map(|i| {
+            let prev = out;
+            out = rev[i];
+            let input = rev[(i + 1).min(n - 1)];
+            let ins = (0..layers)
+                .map(|j| {
+                    let skip = if j == layers - 1 { input } else { out };
+                    let rin = if j == 0 { prev } else { out };
+                    rin + skip
+                })
+                .collect();
+            (out, ins)
+        })
+        .collect()
+}
+
 /// Every parameter's diffusers key and shape for `cfg`, without allocating the model (the real
 /// XL has 4.3 billion parameters): sizes, FLOPs and package layouts are computed from this.
 pub fn parameter_shapes(cfg: &IfConfig) -> Vec<(String, Vec<usize>)> {
@@ -313,17 +326,9 @@ pub fn parameter_shapes(cfg: &IfConfig) -> Vec<(String, Vec<usize>)> {
     resnet(&mut out, &mut lin, "mid_block.resnets.0".into(), last, last);
     attention(&mut out, &mut lin, "mid_block.attentions.0".into(), last, cfg.mid_only_cross_attention);
     resnet(&mut out, &mut lin, "mid_block.resnets.1".into(), last, last);
-    let rev: Vec<usize> = c.iter().rev().copied().collect();
-    let mut o = rev[0];
-    for i in 0..n {
-        let prev = o;
-        o = rev[i];
-        let input = rev[(i + 1).min(n - 1)];
-        let layers = cfg.layers_per_block + 1;
-        for j in 0..layers {
-            let skip = if j == layers - 1 { input } else { o };
-            let rin = if j == 0 { prev } else { o };
-            resnet(&mut out, &mut lin, format!("up_blocks.{i}.resnets.{j}"), rin + skip, o);
+    for (i, (o, ins)) in up_resnet_channels(cfg).into_iter().enumerate() {
+        for (j, &cin) in ins.iter().enumerate() {
+            resnet(&mut out, &mut lin, format!("up_blocks.{i}.resnets.{j}"), cin, o);
             if cfg.up[i] == BlockKind::SimpleCrossAttn {
                 attention(&mut out, &mut lin, format!("up_blocks.{i}.attentions.{j}"), o, cfg.only_cross_attention);
             }
@@ -344,9 +349,9 @@ pub fn forward_flops(cfg: &IfConfig, side: usize, tokens: usize, batch: usize) -
     let (td, e, x) = (cfg.time_embed_dim() as f64, cfg.encoder_hid_dim as f64, cfg.cross_attention_dim as f64);
     let l = tokens as f64;
     let conv = |cin: usize, cout: usize, k: f64, hw: f64| 2.0 * cin as f64 * cout as f64 * k * hw;
-    let resnet = |cin: usize, cout: usize, hw_in: f64, hw_out: f64| {
-        // conv1 runs after resampling; the shortcut is 1x1.
-        conv(cin, cout, 9.0, hw_out) + conv(cout, cout, 9.0, hw_out) + if cin != cout { conv(cin, cout, 1.0, hw_out) } else { 0.0 } + 2.0 * td * 2.0 * cout as f64 + 0.0 * hw_in
+    // `hw_out`: conv1 runs after any resampling; the shortcut is 1x1.
+    let resnet = |cin: usize, cout: usize, hw_out: f64| {
+        conv(cin, cout, 9.0, hw_out) + conv(cout, cout, 9.0, hw_out) + if cin != cout { conv(cin, cout, 1.0, hw_out) } else { 0.0 } + 2.0 * td * 2.0 * cout as f64
     };
     let attn = |c: usize, hw: f64, only_cross: bool| {
         let c = c as f64;
@@ -363,34 +368,27 @@ pub fn forward_flops(cfg: &IfConfig, side: usize, tokens: usize, batch: usize) -
     let mut cin = c[0];
     for i in 0..n {
         for j in 0..cfg.layers_per_block {
-            f += resnet(if j == 0 { cin } else { c[i] }, c[i], hw(i), hw(i));
+            f += resnet(if j == 0 { cin } else { c[i] }, c[i], hw(i));
             if cfg.down[i] == BlockKind::SimpleCrossAttn {
                 f += attn(c[i], hw(i), cfg.only_cross_attention);
             }
         }
         if i + 1 < n {
-            f += resnet(c[i], c[i], hw(i), hw(i + 1));
+            f += resnet(c[i], c[i], hw(i + 1));
         }
         cin = c[i];
     }
-    f += 2.0 * resnet(c[n - 1], c[n - 1], hw(n - 1), hw(n - 1)) + attn(c[n - 1], hw(n - 1), cfg.mid_only_cross_attention);
-    let rev: Vec<usize> = c.iter().rev().copied().collect();
-    let mut o = rev[0];
-    for i in 0..n {
+    f += 2.0 * resnet(c[n - 1], c[n - 1], hw(n - 1)) + attn(c[n - 1], hw(n - 1), cfg.mid_only_cross_attention);
+    for (i, (o, ins)) in up_resnet_channels(cfg).into_iter().enumerate() {
         let level = n - 1 - i;
-        let prev = o;
-        o = rev[i];
-        let input = rev[(i + 1).min(n - 1)];
-        let layers = cfg.layers_per_block + 1;
-        for j in 0..layers {
-            let skip = if j == layers - 1 { input } else { o };
-            f += resnet(if j == 0 { prev } else { o } + skip, o, hw(level), hw(level));
+        for &cin in &ins {
+            f += resnet(cin, o, hw(level));
             if cfg.up[i] == BlockKind::SimpleCrossAttn {
                 f += attn(o, hw(level), cfg.only_cross_attention);
             }
         }
         if i + 1 < n {
-            f += resnet(o, o, hw(level), hw(level - 1));
+            f += resnet(o, o, hw(level - 1));
         }
     }
     f += conv(c[0], cfg.out_channels, 9.0, hw(0));
