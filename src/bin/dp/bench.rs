@@ -31,6 +31,24 @@ pub struct BenchArgs {
     no_torch: bool,
 }
 
+/// Runs `tests/reference/<script>` with python3 and parses the one JSON object it prints; `side`
+/// names it in errors ("the PyTorch side failed"), `packages` what to pip install.
+pub fn run_reference(script: &str, args: &[String], side: &str, packages: &str) -> Result<serde_json::Value> {
+    let script = format!("{}/tests/reference/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Invalid(format!("could not run python3 for the {side} side ({e}); pass --no-torch")))?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!(
+            "the {side} side failed (pip install {packages}?): {}",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        )));
+    }
+    serde_json::from_slice(out.stdout.trim_ascii()).map_err(|e| Error::Invalid(format!("unexpected output from {script}: {e}")))
+}
+
 fn timed(seconds: f64, mut f: impl FnMut()) -> f64 {
     f(); // warm-up (allocations, autotune)
     let t = Instant::now();
@@ -82,19 +100,8 @@ pub fn run(a: BenchArgs, device: &Device, device_name: &str) -> Result<()> {
     if a.no_torch {
         return Ok(());
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/bench_torch.py");
-    let out = Command::new("python3")
-        .args([script, "--hidden", &a.hidden.to_string(), "--train-batch", &a.train_batch.to_string(), "--sample-batch", &a.sample_batch.to_string(), "--seconds", &a.seconds.to_string()])
-        .output()
-        .map_err(|e| Error::Invalid(format!("could not run python3 for the PyTorch side ({e}); pass --no-torch")))?;
-    if !out.status.success() {
-        return Err(Error::Invalid(format!(
-            "the PyTorch side failed (pip install torch safetensors?): {}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-        )));
-    }
-    let v: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii())
-        .map_err(|e| Error::Invalid(format!("unexpected output from {script}: {e}")))?;
+    let args = ["--hidden", &a.hidden.to_string(), "--train-batch", &a.train_batch.to_string(), "--sample-batch", &a.sample_batch.to_string(), "--seconds", &a.seconds.to_string()].map(String::from);
+    let v = run_reference("bench_torch.py", &args, "PyTorch", "torch safetensors")?;
     let tt = v["train_img_s"].as_f64().unwrap_or(f64::NAN);
     let ts = v["sample_img_steps_s"].as_f64().unwrap_or(f64::NAN);
     println!("torch  train step: {tt:8.1} images/s  ({:.1} GFLOP/s); torch {} with {} threads", tt * 3.0 * flops / 1e9, v["torch"], v["threads"]);

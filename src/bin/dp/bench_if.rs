@@ -2,7 +2,6 @@
 //! depend on their values), batch 2 as guidance runs it, 64x64, 77 tokens, next to diffusers on
 //! the same machine. Prints ms per step, GFLOP/s, peak memory and the ratio.
 
-use std::process::Command;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -80,18 +79,8 @@ pub fn run(a: BenchIfArgs, device: &Device, device_name: &str) -> Result<()> {
         return Ok(());
     }
     let widths: Vec<String> = cfg.block_out_channels.iter().map(|w| w.to_string()).collect();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/bench_if_torch.py");
-    let out = Command::new("python3")
-        .args([script, "--widths", &widths.join(","), "--layers", &cfg.layers_per_block.to_string(), "--batch", &a.batch.to_string(), "--steps", &a.steps.to_string()])
-        .output()
-        .map_err(|e| Error::Invalid(format!("could not run python3 for the diffusers side ({e}); pass --no-torch")))?;
-    if !out.status.success() {
-        return Err(Error::Invalid(format!(
-            "the diffusers side failed (pip install torch diffusers?): {}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-        )));
-    }
-    let v: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).map_err(|e| Error::Invalid(format!("unexpected output from {script}: {e}")))?;
+    let args = ["--widths", &widths.join(","), "--layers", &cfg.layers_per_block.to_string(), "--batch", &a.batch.to_string(), "--steps", &a.steps.to_string()].map(String::from);
+    let v = crate::bench::run_reference("bench_if_torch.py", &args, "diffusers", "torch diffusers")?;
     let tms = v["ms_per_step"].as_f64().unwrap_or(f64::NAN);
     println!(
         "diffusers {tms:9.1} ms per step ({:.1} GFLOP/s); peak RSS {:.0} MB; torch {} with {} threads, {} parameters",
