@@ -98,7 +98,11 @@ fn flow_pipeline_and_bad_weights() {
     fails(&w, &["train", "class-flow", "--out", "x", "--data", "/nonexistent/mnist"], "setup.sh");
     fails(&w, &["train", "class-flow", "--out", "x", "--data", d, "--lr=0"], "--lr must be a positive number");
     // The denoiser's default batch 256 hits burn 0.22's GPU reduction bug: refused up front.
-    fails(&w, &["--device", "wgpu", "train", "denoiser", "--out", "x", "--data", d], "--batch 256 is too large for --device wgpu");
+    let big = ["--device", "wgpu", "train", "denoiser", "--out", "x", "--data", d];
+    fails(&w, &big, "a pass of 256 images is too large for --device wgpu");
+    fails(&w, &big, "--micro-batch 64");
+    fails(&w, &[&big[..], &["--micro-batch", "128"]].concat(), "a pass of 128 images");
+    fails(&w, &[&["train", "denoiser", "--out", "x", "--data", d], &["--micro-batch", "0"][..]].concat(), "--micro-batch must be at least 1");
 }
 
 #[test]

@@ -43,6 +43,15 @@ impl FlowBatch {
         let labels = labels.iter().map(|&l| (rng.uniform() >= p_uncond as f64).then_some(l)).collect();
         Self { x0, t, labels }
     }
+
+    /// Images `range` of the batch (for passes over part of it).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Self {
+        Self {
+            x0: self.x0[range.start * PIXELS..range.end * PIXELS].to_vec(),
+            t: self.t[range.clone()].to_vec(),
+            labels: self.labels[range].to_vec(),
+        }
+    }
 }
 
 /// The flow-matching loss `mean ||(x1 - x0) - u(x_t, t, c)||^2` with `x_t = (1 - t) x0 + t x1`.

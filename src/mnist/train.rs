@@ -22,6 +22,7 @@ use super::data::{Dataset, DatasetKind, Split};
 use super::denoise::{denoise_loss, draw_eps};
 use super::flow::{flow_loss, noise, Conditions, FlowBatch, FlowSampler, Solver};
 use super::unet::{Conditioning, UNet, UNetConfig};
+use super::PIXELS;
 use super::package;
 use crate::image_ops::{grid, save_png, write_atomic};
 use crate::rng::Rng;
@@ -73,6 +74,7 @@ impl Recipe {
             adam_eps: 1e-8,
             seed: 0,
             limit: None,
+            micro_batch: None,
         };
         match self {
             Recipe::Denoiser | Recipe::PureNoise => TrainConfig { hidden: 128, batch: 256, lr: 1e-4, epochs: 5, ..base },
@@ -108,6 +110,12 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Train on the first N images only (quick runs, tests).
     pub limit: Option<usize>,
+    /// Split each batch into forward/backward passes of at most this many images and sum their
+    /// gradients before the one optimizer step (`None`: the whole batch at once). The step then
+    /// sees the same data, noise and gradient weighting; only BatchNorm's batch statistics
+    /// come from the smaller chunks. Keeps GPU reductions short (see `dp train --help`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch: Option<usize>,
 }
 
 impl TrainConfig {
@@ -123,6 +131,9 @@ impl TrainConfig {
         let bad = |m: &str| Err(Error::Invalid(m.to_string()));
         if self.hidden == 0 || self.batch == 0 || self.epochs == 0 {
             return bad("--hidden, --batch and --epochs must be at least 1");
+        }
+        if self.micro_batch == Some(0) {
+            return bad("--micro-batch must be at least 1");
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("--lr must be a positive number");
@@ -269,7 +280,10 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
     std::fs::create_dir_all(&run.0).map_err(|e| Error::io(&run.0, e))?;
     let adevice = device.clone().autodiff();
 
-    let mut model: UNet = seeded_init(config.seed, &adevice, |d| config.unet().init(d));
+    // Initialised on the CPU and moved: a seed gives the same starting weights on every device
+    // (the GPU backends have their own generators), so runs compare across devices.
+    let initial = package::module_to_bytes(seeded_init(config.seed, &Device::flex(), |d| config.unet().init(d)))?;
+    let mut model: UNet = package::load_module_bytes(config.unet().init(&adevice), &initial, "the initial weights")?;
     let mut optim = config.optimizer();
     let mut progress = Progress { config: config.clone(), epoch: 0, batch: 0, losses: Vec::new(), seconds: 0.0 };
 
@@ -350,20 +364,8 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
             let b = progress.batch;
             let idx = &perm[b * config.batch..((b + 1) * config.batch).min(n)];
             let mut rng = Rng::derive(config.seed, &[epoch as u64, b as u64]);
-            let (x, labels) = data.batch(idx, &adevice);
-            let loss = match config.recipe {
-                Recipe::Denoiser | Recipe::PureNoise => {
-                    let eps = draw_eps(&mut rng, idx.len());
-                    denoise_loss(&model, x, eps, config.sigma, config.recipe == Recipe::PureNoise)
-                }
-                _ => {
-                    let p = if config.recipe.conditioning() == Conditioning::TimeClass { config.p_uncond } else { 1.0 };
-                    flow_loss(&model, x, &FlowBatch::draw(&mut rng, &labels, p))
-                }
-            };
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let (grads, value) = batch_step(&config, &model, &data, idx, &mut rng, &adevice);
             model = optim.step(lr, model, grads);
-            let value: f32 = loss.into_scalar();
             if !value.is_finite() {
                 save(&model, &optim, &progress)?;
                 return Err(Error::Invalid(format!(
@@ -419,6 +421,50 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
     bar.finish();
     write_atomic(&run.model(), &package::module_to_bytes(model.valid())?)?;
     Ok(Outcome { progress, finished: true })
+}
+
+/// The gradients of one optimisation step on the images `idx`, and its loss. All of the step's
+/// randomness is drawn for the whole batch first and then sliced, so `micro_batch` changes only
+/// how the batch is split into passes, never which noise an image gets. Each chunk's mean loss is
+/// weighted by its share of the batch, so the summed gradient is that of the batch mean.
+fn batch_step(
+    config: &TrainConfig,
+    model: &UNet,
+    data: &Dataset,
+    idx: &[usize],
+    rng: &mut Rng,
+    device: &Device,
+) -> (GradientsParams, f32) {
+    let n = idx.len();
+    let chunk = config.micro_batch.unwrap_or(n).clamp(1, n);
+    let denoiser = !config.recipe.is_flow();
+    let eps = denoiser.then(|| draw_eps(rng, n));
+    let (x_all, labels) = data.batch(idx, device);
+    let flow = (!denoiser).then(|| {
+        let p = if config.recipe.conditioning() == Conditioning::TimeClass { config.p_uncond } else { 1.0 };
+        FlowBatch::draw(rng, &labels, p)
+    });
+    let mut acc = burn::optim::GradientsAccumulator::<UNet>::new();
+    let mut total = 0f32;
+    for lo in (0..n).step_by(chunk) {
+        let hi = (lo + chunk).min(n);
+        let x = if chunk == n { x_all.clone() } else { x_all.clone().slice([lo..hi]) };
+        let loss = match (&eps, &flow) {
+            (Some(e), _) => denoise_loss(model, x, e[lo * PIXELS..hi * PIXELS].to_vec(), config.sigma, config.recipe == Recipe::PureNoise),
+            (_, Some(f)) => flow_loss(model, x, &f.slice(lo..hi)),
+            _ => unreachable!("a recipe is a denoiser or a flow"),
+        };
+        let loss = if chunk == n { loss } else { loss * ((hi - lo) as f32 / n as f32) };
+        // Read before backward: on the wgpu backend the loss read afterwards was seen to differ
+        // from the CPU's for identical weights and data (the backward pass reuses its buffer).
+        total += loss.clone().into_scalar::<f32>();
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        if chunk == n {
+            return (grads, total);
+        }
+        acc.accumulate(model, grads);
+    }
+    (acc.grads(), total)
 }
 
 /// Euler steps of the per-epoch sample grids (the course used 300; 50 is within its noise).

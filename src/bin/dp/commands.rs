@@ -74,6 +74,10 @@ struct TrainArgs {
     hidden: Option<usize>,
     #[arg(long)]
     batch: Option<usize>,
+    /// Run each batch as passes of at most this many images, summing gradients before the one
+    /// optimizer step (a GPU needs <= 83: burn 0.22's GPU reductions break beyond 65,504 values).
+    #[arg(long)]
+    micro_batch: Option<usize>,
     #[arg(long)]
     lr: Option<f64>,
     #[arg(long)]
@@ -257,16 +261,23 @@ const SIGMAS: [f32; 7] = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0];
 /// there (the denoiser's batch 256 diverged); refuse it before any work starts.
 fn check_gpu_batch(a: &TrainArgs, choice: DeviceChoice) -> Result<()> {
     let batch = a.batch.unwrap_or(a.recipe.defaults().batch);
-    if choice != DeviceChoice::Cpu && batch * PIXELS > GPU_REDUCE_LIMIT {
+    let pass = a.micro_batch.unwrap_or(batch).min(batch);
+    if choice != DeviceChoice::Cpu && pass * PIXELS > GPU_REDUCE_LIMIT {
+        let most = GPU_REDUCE_LIMIT / PIXELS;
         return Err(Error::Invalid(format!(
-            "--batch {batch} is too large for --device {choice}: BatchNorm would reduce over {} values per channel, \
+            "a pass of {pass} images is too large for --device {choice}: BatchNorm would reduce over {} values per channel, \
              and burn 0.22's GPU reductions are wrong beyond {GPU_REDUCE_LIMIT} (the loss diverges); \
-             use --batch {} or less, or --device cpu",
-            batch * PIXELS,
-            GPU_REDUCE_LIMIT / PIXELS
+             keep --batch {batch} and add --micro-batch {} (gradients of the passes are summed), or use --batch {most} or less, or --device cpu",
+            pass * PIXELS,
+            largest_divisor_at_most(batch, most),
         )));
     }
     Ok(())
+}
+
+/// The largest d <= most dividing n (equal passes), at least 1.
+fn largest_divisor_at_most(n: usize, most: usize) -> usize {
+    (1..=most.min(n)).rev().find(|d| n % d == 0).unwrap_or(1)
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -354,6 +365,7 @@ fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
         c.seed = v;
     }
     c.limit = a.limit;
+    c.micro_batch = a.micro_batch;
     let stop = stop_flag();
     let opts = RunOptions {
         dir: a.out.clone(),
