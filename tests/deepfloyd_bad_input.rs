@@ -154,3 +154,30 @@ fn images_that_cannot_be_decoded_and_masks_of_the_wrong_size() {
     let e = decode_mask_square(&mask, 64, size, "mask.png").unwrap_err().to_string();
     assert!(e.contains("mask.png") && e.contains("64x64") && e.contains("80x60"), "{e}");
 }
+
+/// The course's embeddings come as a `torch.save`d dict (`tests/reference/embeddings_pth.py`):
+/// every entry reads back exactly as torch saved it (the same values in safetensors beside it),
+/// views into a shared storage included; a damaged file is an error naming it.
+#[test]
+fn course_pth_embeddings_read_exactly() {
+    let device = Device::flex();
+    let dir = Path::new(FIX).join("embeddings");
+    let pth = PromptEmbeddings::from_file(&dir.join("prompts.pth")).unwrap();
+    let st = PromptEmbeddings::from_file(&dir.join("prompts.safetensors")).unwrap();
+    let names: Vec<&str> = pth.names().collect();
+    assert_eq!(names, st.names().collect::<Vec<_>>());
+    assert_eq!(names.len(), 5);
+    for n in names {
+        let a: Vec<f32> = pth.get(n, 8, &device).unwrap().into_data().try_to_vec().unwrap();
+        let b: Vec<f32> = st.get(n, 8, &device).unwrap().into_data().try_to_vec().unwrap();
+        assert_eq!(a.len(), 77 * 8, "{n:?}");
+        assert!(a == b, "{n:?}: the .pth and safetensors values differ");
+        assert!(a.iter().any(|v| *v != 0.0), "{n:?} read as zeros");
+    }
+    // Truncated: the ZIP directory at the end is gone.
+    let bytes = std::fs::read(dir.join("prompts.pth")).unwrap();
+    let bad = common::tmp("pth-trunc").join("prompts.pth");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let e = PromptEmbeddings::from_file(&bad).err().unwrap().to_string();
+    assert!(e.contains("prompts.pth") && e.contains("torch.save"), "{e}");
+}

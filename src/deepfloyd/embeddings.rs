@@ -1,6 +1,7 @@
 //! Precomputed T5-XXL prompt embeddings: a safetensors file whose keys are the prompts and whose
 //! tensors are `[77, 4096]` (or `[1, 77, 4096]`), f16, bf16 or f32. "" is the null prompt used
 //! for classifier-free guidance. (T5-XXL itself is 4.7B parameters and not run here.)
+//! On the desktop the course's own file, a `torch.save`d dict {prompt: tensor}, is read too.
 
 use std::collections::BTreeMap;
 
@@ -26,10 +27,47 @@ impl PromptEmbeddings {
         Ok(PromptEmbeddings { bytes, data_start: 8 + n, tensors, source: source.to_string() })
     }
 
+    /// A safetensors file, or a `torch.save`d dict of tensors (`.pth`, told apart by content).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // safetensors: an 8-byte header length, then the JSON header. torch.save: a ZIP archive
+        // (PyTorch >= 1.6) or a pickle stream (protocol 2+ starts with 0x80).
+        let safetensors = bytes.get(8) == Some(&b'{');
+        if !safetensors && (bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80)) {
+            return Self::from_pth(path);
+        }
         Self::from_bytes(bytes, &path.display().to_string())
+    }
+
+    /// Reads a `torch.save`d dict {prompt: tensor} (f16, bf16 or f32; views into shared storage
+    /// are gathered by the reader) by re-packing it as safetensors in memory.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn from_pth(path: &std::path::Path) -> Result<Self> {
+        use pytorch_reader::{DType, PytorchReader};
+        use safetensors::tensor::{Dtype, TensorView};
+        let source = path.display().to_string();
+        let reader = PytorchReader::new(path).map_err(|e| Error::format(path, format!("is not a readable torch.save file: {e}")))?;
+        let mut tensors = Vec::new();
+        for (name, t) in reader.tensors() {
+            let dtype = match t.dtype() {
+                DType::F32 => Dtype::F32,
+                DType::F16 => Dtype::F16,
+                DType::BF16 => Dtype::BF16,
+                other => return Err(Error::format(path, format!("embedding {name:?} is {other:?}; expected f16, bf16 or f32"))),
+            };
+            let data = t.read().map_err(|e| Error::format(path, format!("{e}")))?;
+            tensors.push((name.clone(), dtype, t.shape().to_vec(), data));
+        }
+        // The reader hands back native-endian bytes; safetensors is little-endian (as are x86,
+        // ARM and wasm).
+        let views = tensors
+            .iter()
+            .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::format(path, format!("{e}")))?;
+        let bytes = safetensors::serialize(views, None).map_err(|e| Error::format(path, format!("{e}")))?;
+        Self::from_bytes(bytes, &source)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

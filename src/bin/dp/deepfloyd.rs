@@ -81,7 +81,7 @@ struct Common {
     /// Or a package made by `dp convert` (hashes checked on load).
     #[arg(long, global = true, conflicts_with = "unet")]
     package: Option<PathBuf>,
-    /// Prompt embeddings: safetensors, one [77, 4096] tensor per prompt, keyed by the prompt.
+    /// Prompt embeddings: safetensors or the course's torch.save'd dict (.pth), one [77, 4096] tensor per prompt, keyed by the prompt.
     #[arg(long, global = true)]
     embeddings: Option<PathBuf>,
     /// The null prompt's key in the embeddings file (classifier-free guidance).
@@ -250,7 +250,7 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
     let c = a.common;
     let need = |p: &Option<PathBuf>, what: &str| p.clone().ok_or_else(|| Error::Invalid(format!("--{what} is required: {}", match what {
         "unet" => "the `unet` folder of your own diffusers IF stage-1 download, or --package (weights are never downloaded or shipped here)",
-        _ => "a safetensors file of prompt embeddings, one [77, 4096] tensor per prompt",
+        _ => "a safetensors file (or the course's .pth dict) of prompt embeddings, one [77, 4096] tensor per prompt",
     })));
     let emb = PromptEmbeddings::from_file(&need(&c.embeddings, "embeddings")?)?;
     if let IfCommand::Prompts = a.command {
