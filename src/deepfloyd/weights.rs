@@ -163,8 +163,10 @@ pub fn check_keys(cfg: &IfConfig, stored: &BTreeMap<String, (TensorInfo, String)
     )))
 }
 
-fn adapter() -> impl ModuleAdapter + 'static {
-    PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32))
+/// Stored f16/bf16/f32 tensors become the device's float type: f32 unless the caller configured
+/// the device for f16 compute (`Device::configure`).
+fn adapter(device: &Device) -> impl ModuleAdapter + 'static {
+    PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::from(device.settings().float_dtype)))
 }
 
 fn apply<S: burn::store::ModuleStore>(model: &mut IfUNet, store: &mut S, source: &str, applied: &mut BTreeSet<String>) -> Result<()>
@@ -197,7 +199,7 @@ pub fn load_unet_dir(dir: &std::path::Path, device: &Device) -> Result<IfUNet> {
     let mut model = cfg.init(device);
     let mut applied = BTreeSet::new();
     for f in &files {
-        let mut store = SafetensorsStore::from_file(f).with_from_adapter(adapter()).allow_partial(true);
+        let mut store = SafetensorsStore::from_file(f).with_from_adapter(adapter(device)).allow_partial(true);
         apply(&mut model, &mut store, &f.display().to_string(), &mut applied)?;
     }
     finish(model, &applied, &dir.display().to_string())
@@ -216,7 +218,7 @@ pub fn load_unet_bytes(config_json: &str, files: Vec<(String, Vec<u8>)>, device:
     let mut model = cfg.init(device);
     let mut applied = BTreeSet::new();
     for (name, bytes) in files {
-        let mut store = SafetensorsStore::from_bytes(Some(bytes)).with_from_adapter(adapter()).allow_partial(true);
+        let mut store = SafetensorsStore::from_bytes(Some(bytes)).with_from_adapter(adapter(device)).allow_partial(true);
         apply(&mut model, &mut store, &name, &mut applied)?;
     }
     finish(model, &applied, "weights")

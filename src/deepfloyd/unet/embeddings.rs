@@ -5,6 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+use burn::tensor::DType;
 
 use super::act;
 use crate::deepfloyd::config::Act;
@@ -14,15 +15,20 @@ use crate::deepfloyd::config::Act;
 /// # Shapes
 /// `t: [B] -> [B, dim]`
 pub fn timestep_features(t: Tensor<1>, dim: usize, flip_sin_to_cos: bool, shift: f64) -> Tensor<2> {
+    // Always in f32, cast to the model's type at the end, as diffusers does: in f16, t * freq
+    // for t near 1000 would keep only ~0.5 of absolute precision inside sin/cos.
+    let dtype = t.dtype();
+    let t = t.cast(DType::F32);
     let half = dim / 2;
     let device = t.device();
     let freqs: Vec<f32> = (0..half).map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32).collect();
-    let freqs = Tensor::<1>::from_floats(freqs.as_slice(), &device).reshape([1, half]);
+    let freqs = Tensor::<1>::from_data(TensorData::new(freqs, [half]), (&device, DType::F32)).reshape([1, half]);
     let [b] = t.dims();
     let args = t.reshape([b, 1]) * freqs;
     let (sin, cos) = (args.clone().sin(), args.cos());
     let emb = if flip_sin_to_cos { Tensor::cat(vec![cos, sin], 1) } else { Tensor::cat(vec![sin, cos], 1) };
-    if dim % 2 == 1 { Tensor::cat(vec![emb, Tensor::zeros([b, 1], &device)], 1) } else { emb }
+    let emb = if dim % 2 == 1 { Tensor::cat(vec![emb, Tensor::zeros([b, 1], (&device, DType::F32))], 1) } else { emb };
+    emb.cast(dtype)
 }
 
 /// `TimestepEmbedding`: linear_1, activation, linear_2.
