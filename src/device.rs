@@ -38,46 +38,85 @@ impl std::fmt::Display for DeviceChoice {
     }
 }
 
-/// Builds the device for a choice. Native only: in the browser the page initialises WebGPU
-/// asynchronously (see the web bindings).
-#[cfg(not(target_arch = "wasm32"))]
-pub fn init(choice: DeviceChoice) -> Result<Device> {
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::flex()),
-        DeviceChoice::Wgpu => {
-            // wgpu panics when no adapter exists; turn that into a message.
-            std::panic::catch_unwind(|| {
-                let device = Device::wgpu(Default::default());
-                // Touch the device so adapter selection happens here, not mid-job.
-                let probe = burn::tensor::Tensor::<1>::zeros([1], &device);
-                let _ = probe.into_data();
-                device
-            })
-            .map_err(|_| {
-                Error::Device(
-                    "no wgpu adapter could be opened (no GPU driver, or no Vulkan/Metal/DX12 \
-                     implementation installed; on Linux without a GPU install mesa-vulkan-drivers); \
-                     use --device cpu"
-                        .into(),
-                )
-            })
-        }
-        DeviceChoice::Cuda => cuda(),
+/// The float type a device computes in (`--compute`). Weights stored in another type are cast
+/// on load (see the IF weight adapter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
+pub enum Compute {
+    #[default]
+    F32,
+    /// Half precision: half the memory traffic, on hardware with fast f16 (GPUs); on the CPU
+    /// it is emulated and slower. IF only: see tests/deepfloyd_f16.rs for its error.
+    F16,
+}
+
+impl std::fmt::Display for Compute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        })
     }
 }
 
-#[cfg(all(not(target_arch = "wasm32"), feature = "cuda"))]
-fn cuda() -> Result<Device> {
-    std::panic::catch_unwind(|| {
-        let device = Device::cuda(0);
-        let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
+/// Builds the device for a choice, computing in f32. Native only: in the browser the page
+/// initialises WebGPU asynchronously (see the web bindings).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn init(choice: DeviceChoice) -> Result<Device> {
+    init_with(choice, Compute::F32)
+}
+
+/// Builds the device for a choice and fixes the float type it computes in. burn locks a device's
+/// float type at its first tensor, so it is set here, before anything is made on it.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn init_with(choice: DeviceChoice, compute: Compute) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => configure(Device::flex(), choice, compute),
+        DeviceChoice::Wgpu => {
+            // wgpu panics when no adapter exists; turn that into a message.
+            std::panic::catch_unwind(|| {
+                let device = configure(Device::wgpu(Default::default()), choice, compute)?;
+                // Touch the device so adapter selection happens here, not mid-job.
+                let probe = burn::tensor::Tensor::<1>::zeros([1], &device);
+                let _ = probe.into_data();
+                Ok(device)
+            })
+            .map_err(|_| {
+                Error::Device(format!(
+                    "no wgpu adapter could be opened{} (no GPU driver, or no Vulkan/Metal/DX12 \
+                     implementation installed; on Linux without a GPU install mesa-vulkan-drivers); \
+                     use --device cpu",
+                    if compute == Compute::F16 { " for f16 compute (try --compute f32)" } else { "" }
+                ))
+            })?
+        }
+        DeviceChoice::Cuda => cuda(compute),
+    }
+}
+
+/// Sets the float type before the device's first tensor (afterwards burn refuses).
+#[cfg(not(target_arch = "wasm32"))]
+fn configure(mut device: Device, choice: DeviceChoice, compute: Compute) -> Result<Device> {
+    if compute == Compute::F16 {
         device
+            .configure(burn::tensor::FloatDType::F16)
+            .map_err(|e| Error::Device(format!("--device {choice} cannot compute in f16 ({e:?}); use --compute f32")))?;
+    }
+    Ok(device)
+}
+
+#[cfg(all(not(target_arch = "wasm32"), feature = "cuda"))]
+fn cuda(compute: Compute) -> Result<Device> {
+    std::panic::catch_unwind(|| {
+        let device = configure(Device::cuda(0), DeviceChoice::Cuda, compute)?;
+        let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
+        Ok(device)
     })
-    .map_err(|_| Error::Device("CUDA device 0 could not be opened (no NVIDIA driver/NVRTC?); use --device cpu".into()))
+    .map_err(|_| Error::Device("CUDA device 0 could not be opened (no NVIDIA driver/NVRTC?); use --device cpu".into()))?
 }
 
 #[cfg(all(not(target_arch = "wasm32"), not(feature = "cuda")))]
-fn cuda() -> Result<Device> {
+fn cuda(_: Compute) -> Result<Device> {
     Err(Error::Device(
         "this build has no CUDA backend: rebuild with `cargo build --release --features cuda`, or use --device wgpu|cpu".into(),
     ))

@@ -73,6 +73,29 @@ fn every_deliverable_is_written() {
     ok(&w, &["hybrid", "--low", "a rocket", "--high", "a high quality photo", "--kernel", "15", "--x0", "clip"]);
 }
 
+/// `--compute f16` runs the same loop in half precision and must draw the same picture: mean pixel
+/// difference at most 1 level of 255 (seen 0.28). Single pixels differ more (seen 103 at guidance
+/// 7, 13 at guidance 1): the UNet's f16 error (~3e-3 of its range, tests/deepfloyd_f16.rs) is
+/// multiplied by the guidance scale and by 1/sqrt(alpha-bar) (~150 at t = 990) in the x0
+/// estimate of a random tiny model. MNIST commands refuse the flag.
+#[test]
+fn f16_compute_draws_what_f32_draws() {
+    let w = workspace("if-cli-f16");
+    let args = ["sample", "--n", "2", "--prompt", "a rocket"];
+    ok(&w, &args);
+    let f32_png = png(&w, "sample_a_rocket.png");
+    let o = dp(&w, &[&["--compute", "f16", "if", "--unet", UNET, "--embeddings", "prompts.safetensors", "--stride", "330", "--out", "out"][..], &args[..]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f16_png = png(&w, "sample_a_rocket.png");
+    let worst = f32_png.as_raw().iter().zip(f16_png.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    let mean = f32_png.as_raw().iter().zip(f16_png.as_raw()).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / f32_png.as_raw().len() as f64;
+    eprintln!("f16 vs f32 sample: largest pixel difference {worst} of 255, mean {mean:.2}");
+    assert!(mean <= 1.0, "f16 drew something else: pixels differ by {mean:.2} of 255 on average (largest {worst})");
+    let o = dp(&w, &["--compute", "f16", "sample", "--model", "pkg:class_flow"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--compute f16 is for `dp if`"), "{err}");
+}
+
 #[test]
 fn bad_input_is_a_clean_error() {
     let w = workspace("if-cli-bad");

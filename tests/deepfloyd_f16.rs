@@ -12,7 +12,8 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use burn::tensor::{DType, FloatDType};
+use burn::tensor::DType;
+use diffusion_playground::device::{init_with, Compute, DeviceChoice};
 use diffusion_playground::deepfloyd::weights::load_unet_dir;
 use safetensors::SafeTensors;
 
@@ -26,8 +27,8 @@ fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 #[test]
 fn f16_compute_tracks_diffusers_f32() {
-    let mut device = Device::flex();
-    device.configure(FloatDType::F16).expect("flex computes in f16");
+    // As `dp --compute f16` makes it.
+    let device = init_with(DeviceChoice::Cpu, Compute::F16).expect("flex computes in f16");
     for name in ["tiny_m", "tiny_xl"] {
         let model = load_unet_dir(&dir(name).join("unet"), &device).unwrap_or_else(|e| panic!("{name}: {e}"));
         let io = std::fs::read(dir(name).join("io.safetensors")).unwrap();

@@ -89,6 +89,10 @@ fn refuses_to_overwrite_and_to_resume_with_other_settings() {
     let other = TrainConfig { lr: 0.5, ..config() };
     let err = train(other, &device, &opts(&run, &data, true, &stop, None)).err().unwrap().to_string();
     assert!(err.contains("different settings"), "{err}");
+    // More epochs with the default decay (which follows the epoch count): say which flag keeps the run's.
+    let longer = TrainConfig { epochs: 3, gamma: Some(0.1f64.powf(1.0 / 3.0)), ..config() };
+    let err = train(longer, &device, &opts(&run, &data, true, &stop, None)).err().unwrap().to_string();
+    assert!(err.contains("--gamma 0.79"), "{err}");
 }
 
 #[test]

@@ -293,6 +293,10 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
             // Only the epoch count may grow on resume (train longer); everything else must match.
             let mut same = p.config.clone();
             same.epochs = config.epochs;
+            // The default gamma follows the epoch count; that case gets its own message below.
+            if same.gamma.is_some() && config.gamma.is_some() {
+                same.gamma = config.gamma;
+            }
             if same != config {
                 return Err(Error::Invalid(format!(
                     "{} was made with different settings ({:?}); resume without changing flags other than --epochs, or use another --out",
@@ -303,7 +307,12 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
             if let (Some(_), Some(_)) = (p.config.gamma, config.gamma)
                 && p.config.gamma != config.gamma
             {
-                return Err(Error::Invalid("resuming with more epochs changes the decay gamma: pass --gamma explicitly".into()));
+                return Err(Error::Invalid(format!(
+                    "resuming with another --epochs changes the default decay gamma ({} -> {}): pass --gamma {} to keep the run's decay",
+                    p.config.gamma.unwrap_or(1.0),
+                    config.gamma.unwrap_or(1.0),
+                    p.config.gamma.unwrap_or(1.0)
+                )));
             }
         }
         model = package::load_module_bytes(model, &model_bytes, &run.checkpoint().display().to_string())?;

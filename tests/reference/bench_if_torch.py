@@ -1,5 +1,5 @@
 """The diffusers side of `dp bench-if`: one UNet step of a randomly initialised IF stage-1 UNet
-(the sizes passed in), batch 2 (guidance), 64x64, 77 text tokens, no grad, f32 on the CPU.
+(the sizes passed in), batch 2 (guidance), 64x64, 77 text tokens, no grad, f32 (or --dtype f16) on the CPU.
 Prints one JSON line: ms per step, peak resident memory, torch version and threads."""
 import argparse
 import json
@@ -18,6 +18,7 @@ p.add_argument("--batch", type=int, default=2)
 p.add_argument("--side", type=int, default=64)
 p.add_argument("--tokens", type=int, default=77)
 p.add_argument("--steps", type=int, default=3)
+p.add_argument("--dtype", choices=["f32", "f16"], default="f32")
 a = p.parse_args()
 
 widths = [int(w) for w in a.widths.split(",")]
@@ -32,8 +33,10 @@ with torch.no_grad():
         encoder_hid_dim=a.text_dim, addition_embed_type="text", addition_embed_type_num_heads=64,
         cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
     ).eval()
-    x = torch.randn(a.batch, 3, a.side, a.side)
-    text = torch.randn(a.batch, a.tokens, a.text_dim)
+    dtype = torch.float16 if a.dtype == "f16" else torch.float32
+    model = model.to(dtype)
+    x = torch.randn(a.batch, 3, a.side, a.side, dtype=dtype)
+    text = torch.randn(a.batch, a.tokens, a.text_dim, dtype=dtype)
     t = torch.tensor([500] * a.batch)
     model(x, t, encoder_hidden_states=text)  # warm-up
     start = time.perf_counter()
@@ -46,4 +49,5 @@ print(json.dumps({
     "parameters": sum(p.numel() for p in model.parameters()),
     "torch": torch.__version__,
     "threads": torch.get_num_threads(),
+    "dtype": a.dtype,
 }))

@@ -79,11 +79,14 @@ pub fn run(a: BenchIfArgs, device: &Device, device_name: &str) -> Result<()> {
         return Ok(());
     }
     let widths: Vec<String> = cfg.block_out_channels.iter().map(|w| w.to_string()).collect();
-    let args = ["--widths", &widths.join(","), "--layers", &cfg.layers_per_block.to_string(), "--batch", &a.batch.to_string(), "--steps", &a.steps.to_string()].map(String::from);
+    // The same float type on both sides (the device's, set by --compute).
+    let dtype = if device.settings().float_dtype == burn::tensor::FloatDType::F16 { "f16" } else { "f32" };
+    let args = ["--widths", &widths.join(","), "--layers", &cfg.layers_per_block.to_string(), "--batch", &a.batch.to_string(), "--steps", &a.steps.to_string(), "--dtype", dtype]
+        .map(String::from);
     let v = crate::bench::run_reference("bench_if_torch.py", &args, "diffusers", "torch diffusers")?;
     let tms = v["ms_per_step"].as_f64().unwrap_or(f64::NAN);
     println!(
-        "diffusers {tms:9.1} ms per step ({:.1} GFLOP/s); peak RSS {:.0} MB; torch {} with {} threads, {} parameters",
+        "diffusers {tms:9.1} ms per step ({:.1} GFLOP/s); peak RSS {:.0} MB; torch {} with {} threads, {} parameters, {dtype}",
         flops / tms / 1e6,
         v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
         v["torch"],
@@ -128,7 +131,7 @@ fn quant_error(a: &BenchIfArgs, device: &Device) -> Result<()> {
     let text = Tensor::<3>::from_data(TensorData::new(rng.normal_vec(a.batch * tokens * 4096), [a.batch, tokens, 4096]), device);
     let t = Tensor::<1>::full([a.batch], 500.0, device);
     let run = |model: diffusion_playground::deepfloyd::unet::IfUNet| -> Result<Vec<f32>> {
-        model.forward(x.clone(), t.clone(), text.clone()).into_data().try_to_vec::<f32>().map_err(|e| Error::Device(format!("{e:?}")))
+        model.forward(x.clone(), t.clone(), text.clone()).into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Device(format!("{e:?}")))
     };
     let reference = run(load_unet_bytes(&json.to_string(), vec![("random".into(), to_safetensors(&tensors))], device)?)?;
     let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -8,7 +8,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::prelude::*;
 use clap::{Args, Parser, Subcommand};
-use diffusion_playground::device::{self, DeviceChoice};
+use diffusion_playground::device::{self, Compute, DeviceChoice};
 use diffusion_playground::image_ops::{gif_bytes, grid, save_png, write_atomic};
 use diffusion_playground::mnist::classifier::{argmax_rows, FEATURES};
 use diffusion_playground::mnist::data::{Dataset, DatasetKind, Split};
@@ -28,7 +28,10 @@ use crate::models;
 pub struct Cli {
     /// Compute backend.
     #[arg(long, global = true, default_value = "cpu")]
-    device: DeviceChoice,
+    pub device: DeviceChoice,
+    /// Float type the device computes in (`if` and `bench-if` only; weights are cast on load).
+    #[arg(long, global = true, default_value = "f32")]
+    compute: Compute,
     #[command(subcommand)]
     command: Command,
 }
@@ -284,12 +287,18 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Command::Train(a) = &cli.command {
         check_gpu_batch(a, cli.device)?;
     }
-    let device = device::init(cli.device)?;
+    if cli.compute != Compute::F32 && !matches!(cli.command, Command::If(_) | Command::BenchIf(_)) {
+        return Err(Error::Invalid(format!(
+            "--compute {} is for `dp if` and `dp bench-if`; the MNIST models train and sample in f32 (their f16 files are widened on load)",
+            cli.compute
+        )));
+    }
+    let device = device::init_with(cli.device, cli.compute)?;
     match cli.command {
         Command::Train(a) => cmd_train(a, &device),
         Command::If(a) => crate::deepfloyd::run(a, &device),
         Command::Convert(a) => crate::deepfloyd::convert(a),
-        Command::BenchIf(a) => crate::bench_if::run(a, &device, &cli.device.to_string()),
+        Command::BenchIf(a) => crate::bench_if::run(a, &device, &format!("{} ({})", cli.device, cli.compute)),
         Command::TrainClassifier(a) => {
             let stop = stop_flag();
             let acc = train::train_classifier(

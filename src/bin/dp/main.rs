@@ -19,6 +19,16 @@ mod models;
 fn main() {
     use clap::Parser;
     let cli = commands::Cli::parse();
+    // burn builds some state on its default device (optimizer moments on --resume, later moved
+    // to the parameters' device); make that the chosen one rather than the first GPU backend
+    // compiled in. Set before any thread exists.
+    let backend = match cli.device {
+        diffusion_playground::device::DeviceChoice::Cpu => "flex",
+        diffusion_playground::device::DeviceChoice::Wgpu => "wgpu",
+        diffusion_playground::device::DeviceChoice::Cuda => if cfg!(feature = "cuda") { "cuda" } else { "flex" },
+    };
+    // SAFETY: single-threaded here (argument parsing only).
+    unsafe { std::env::set_var("BURN_DEVICE", backend) };
     if let Err(e) = commands::run(cli) {
         match e {
             diffusion_playground::Error::Interrupted => {
