@@ -123,8 +123,8 @@ fn gpu_ops_against_cpu() {
         let (a, b): (f32, f32) = (flow_loss(&mc, x1(dc), &fb()).into_scalar(), flow_loss(&mg, x1(dg), &fb()).into_scalar());
         println!("{:>28}: cpu {a:.6} gpu {b:.6}", format!("flow loss ({mode})"));
     }
-    // Bisecting the train-mode difference.
-    let parts = |d: &Device| -> Vec<Vec<f32>> {
+    // Bisecting the train-mode difference: the flow step's pieces, built the same way on each device.
+    let flow_step = |d: &Device| {
         let b = fb();
         let m = unet_from_bytes(&cfg, &bytes, "m", d).unwrap();
         let x0 = Tensor::<4>::from_data(TensorData::new(b.x0.clone(), [8, 1, 28, 28]), d);
@@ -132,7 +132,11 @@ fn gpu_ops_against_cpu() {
         let t4 = t.clone().unsqueeze_dims::<4>(&[2, 3]);
         let x1v = x1(d);
         let xt = x0.clone() * (t4.clone().neg() + 1.0) + x1v.clone() * t4;
-        let u = m.forward(xt.clone(), Some(t.clone()), None);
+        let u = m.forward(xt.clone(), Some(t), None);
+        (m, x0, x1v, xt, u)
+    };
+    let parts = |d: &Device| -> Vec<Vec<f32>> {
+        let (m, x0, x1v, xt, u) = flow_step(d);
         let u_const = m.forward(xt.clone(), Some(Tensor::<2>::full([8, 1], 0.3, d)), None);
         let l = (u.clone() - (x1v - x0)).square();
         vec![v(xt), v(u), v(u_const), v(l)]
@@ -141,14 +145,7 @@ fn gpu_ops_against_cpu() {
         report(&format!("train: {name}"), a, b);
     }
     let variants = |d: &Device| -> Vec<f32> {
-        let b = fb();
-        let m = unet_from_bytes(&cfg, &bytes, "m", d).unwrap();
-        let x0 = Tensor::<4>::from_data(TensorData::new(b.x0.clone(), [8, 1, 28, 28]), d);
-        let t = Tensor::<2>::from_data(TensorData::new(b.t.clone(), [8, 1]), d);
-        let t4 = t.clone().unsqueeze_dims::<4>(&[2, 3]);
-        let x1v = x1(d);
-        let xt = x0.clone() * (t4.clone().neg() + 1.0) + x1v.clone() * t4;
-        let u = m.forward(xt, Some(t), None);
+        let (_, x0, x1v, _, u) = flow_step(d);
         let e = u - (x1v - x0);
         vec![
             e.clone().square().mean().into_scalar(),
