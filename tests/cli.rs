@@ -122,3 +122,19 @@ fn denoiser_figures() {
     }
     fails(&w, &["sample", "--model", "dn"], "is a denoiser");
 }
+
+#[test]
+fn time_only_eval_reports_the_spread_of_digits() {
+    let (w, d) = workspace("cli-time", 24);
+    let d = d.as_str();
+    ok(&w, &["train", "time-flow", "--out", "tf", "--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1"]);
+    ok(&w, &["train-classifier", "--out", "clf", "--data", d, "--epochs", "1", "--batch", "16"]);
+    let out = ok(&w, &["eval", "--model", "tf", "--classifier", "clf", "--per-class", "2", "--steps", "2", "--data", d, "--json", "e.json"]);
+    // No class was asked for, so there is no recognition rate; the spread over digits replaces it.
+    assert!(out.contains("classified as") && !out.contains("recognised"), "{out}");
+    let e: serde_json::Value = serde_json::from_slice(&std::fs::read(w.join("e.json")).unwrap()).unwrap();
+    assert!(e["accuracy"].is_null() && e["per_digit_accuracy"].is_null(), "{e}");
+    let share: Vec<f64> = e["classified_share"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(share.len(), 10);
+    assert!((share.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{share:?}");
+}

@@ -465,6 +465,8 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
     let class_model = model.conditioning() == Conditioning::TimeClass;
     let total = a.per_class * CLASSES;
     let mut correct = vec![0usize; CLASSES];
+    // Which digit the classifier sees: for a model without a class this is the mode coverage.
+    let mut predicted = vec![0usize; CLASSES];
     let mut conf_sum = 0f64;
     let mut feats = Vec::with_capacity(total * FEATURES);
     let t = Instant::now();
@@ -483,6 +485,7 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
             if k == l {
                 correct[l] += 1;
             }
+            predicted[k] += 1;
             conf_sum += conf as f64;
         }
         done += n;
@@ -508,6 +511,9 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
         println!("recognised as the requested digit: {:.2}%", acc * 100.0);
         let per: Vec<String> = correct.iter().enumerate().map(|(d, c)| format!("{d}:{:.1}%", 100.0 * *c as f64 / a.per_class as f64)).collect();
         println!("  per digit: {}", per.join(" "));
+    } else {
+        let share: Vec<String> = predicted.iter().enumerate().map(|(d, c)| format!("{d}:{:.1}%", 100.0 * *c as f64 / total as f64)).collect();
+        println!("classified as (no class requested; 10% each is a uniform spread): {}", share.join(" "));
     }
     println!("mean classifier confidence (top class): {:.4}", conf_sum / total as f64);
     println!("FID (classifier features) samples vs test: {fid_samples:.3}; floor train vs test: {fid_floor:.3}");
@@ -516,7 +522,8 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
             "model": from, "per_class": a.per_class, "steps": a.sampler.steps, "solver": a.sampler.solver,
             "guidance": a.sampler.guidance, "seed": a.sampler.seed,
             "accuracy": if class_model { Some(acc) } else { None },
-            "per_digit_accuracy": correct.iter().map(|c| *c as f64 / a.per_class as f64).collect::<Vec<_>>(),
+            "per_digit_accuracy": if class_model { Some(correct.iter().map(|c| *c as f64 / a.per_class as f64).collect::<Vec<_>>()) } else { None },
+            "classified_share": predicted.iter().map(|c| *c as f64 / total as f64).collect::<Vec<_>>(),
             "mean_confidence": conf_sum / total as f64, "fid": fid_samples, "fid_floor_train_vs_test": fid_floor,
             "sampling_seconds": sample_secs,
         });
