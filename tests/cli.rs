@@ -132,6 +132,7 @@ fn time_only_eval_reports_the_spread_of_digits() {
     let out = ok(&w, &["eval", "--model", "tf", "--classifier", "clf", "--per-class", "2", "--steps", "2", "--data", d, "--json", "e.json"]);
     // No class was asked for, so there is no recognition rate; the spread over digits replaces it.
     assert!(out.contains("classified as") && !out.contains("recognised"), "{out}");
+    assert!(out.contains("no guidance (no class)"), "{out}");
     let e: serde_json::Value = serde_json::from_slice(&std::fs::read(w.join("e.json")).unwrap()).unwrap();
     assert!(e["accuracy"].is_null() && e["per_digit_accuracy"].is_null(), "{e}");
     let share: Vec<f64> = e["classified_share"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();

@@ -447,7 +447,7 @@ fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
     let v = to_vec(out)?;
     let secs = t.elapsed().as_secs_f64();
     save_png(&grid(&v, 28, rows, cols, 2, 2), &a.out)?;
-    println!("{n} samples from {from} in {secs:.2} s ({} steps, {:?}, guidance {}) -> {}", a.sampler.steps, a.sampler.solver, a.sampler.guidance, a.out.display());
+    println!("{n} samples from {from} in {secs:.2} s ({} steps, {:?}, {}) -> {}", a.sampler.steps, a.sampler.solver, guidance_label(model.conditioning(), a.sampler.guidance), a.out.display());
     if let Some(g) = a.gif {
         write_atomic(&g, &gif_bytes(&frames, 60)?)?;
         println!("trajectory ({} frames) -> {}", frames.len(), g.display());
@@ -506,7 +506,7 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
     let fid_samples = fid(&feats, &test_feats, FEATURES);
     let fid_floor = fid(&train_feats, &test_feats, FEATURES);
     let acc: f64 = correct.iter().sum::<usize>() as f64 / total as f64;
-    println!("model {from}; {} per class, {} steps {:?}, guidance {}; sampling took {sample_secs:.1} s", a.per_class, a.sampler.steps, a.sampler.solver, a.sampler.guidance);
+    println!("model {from}; {total} samples, {} steps {:?}, {}; sampling took {sample_secs:.1} s", a.sampler.steps, a.sampler.solver, guidance_label(model.conditioning(), a.sampler.guidance));
     if class_model {
         println!("recognised as the requested digit: {:.2}%", acc * 100.0);
         let per: Vec<String> = correct.iter().enumerate().map(|(d, c)| format!("{d}:{:.1}%", 100.0 * *c as f64 / a.per_class as f64)).collect();
@@ -530,6 +530,11 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
         write_atomic(&j, serde_json::to_string_pretty(&v).unwrap().as_bytes())?;
     }
     Ok(())
+}
+
+/// Guidance only exists for a class-conditioned model; say so rather than print a value unused.
+fn guidance_label(conditioning: Conditioning, guidance: f32) -> String {
+    if conditioning == Conditioning::TimeClass { format!("guidance {guidance}") } else { "no guidance (no class)".into() }
 }
 
 fn test_digits(data: &Option<PathBuf>, n: usize, device: &Device) -> Result<Tensor<4>> {
