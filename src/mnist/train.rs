@@ -320,7 +320,7 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
             .map_err(|e| Error::format(run.checkpoint(), format!("optimizer state: {e}")))?;
         optim = optim.load_record(record);
         progress = Progress { config: config.clone(), ..p };
-        eprintln!("resuming {} at epoch {} batch {}", run.0.display(), progress.epoch + 1, progress.batch);
+        eprintln!("resuming {} at epoch {} batch {}", run.0.display(), progress.epoch + 1, progress.batch + 1);
     } else if run.checkpoint().exists() && !opts.resume {
         return Err(Error::Invalid(format!(
             "{} already holds a run: pass --resume to continue it, or choose another --out",

@@ -391,10 +391,9 @@ fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
     let p = &out.progress;
     let last: Vec<f32> = p.losses.iter().rev().take(100).copied().collect();
     println!(
-        "{} at epoch {} batch {}; {:.0} s this run, {:.0} s in all; mean loss of the last {} steps {:.5}; files in {}",
-        if out.finished { "finished" } else { "paused" },
-        p.epoch,
-        p.batch,
+        "{}; {:.0} s this run, {:.0} s in all; mean loss of the last {} steps {:.5}; files in {}",
+        // Counters are 0-based "next to run"; print them 1-based, as the resume message and the bar do.
+        if out.finished { format!("finished all {} epochs", p.config.epochs) } else { format!("paused before epoch {} batch {}", p.epoch + 1, p.batch + 1) },
         t.elapsed().as_secs_f64(),
         p.seconds,
         last.len(),
