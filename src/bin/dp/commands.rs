@@ -508,11 +508,9 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
     println!("model {from}; {total} samples, {} steps {:?}, {}; sampling took {sample_secs:.1} s", a.sampler.steps, a.sampler.solver, guidance_label(model.conditioning(), a.sampler.guidance));
     if class_model {
         println!("recognised as the requested digit: {:.2}%", acc * 100.0);
-        let per: Vec<String> = correct.iter().enumerate().map(|(d, c)| format!("{d}:{:.1}%", 100.0 * *c as f64 / a.per_class as f64)).collect();
-        println!("  per digit: {}", per.join(" "));
+        println!("  per digit: {}", digit_percentages(&correct, a.per_class));
     } else {
-        let share: Vec<String> = predicted.iter().enumerate().map(|(d, c)| format!("{d}:{:.1}%", 100.0 * *c as f64 / total as f64)).collect();
-        println!("classified as (no class requested; 10% each is a uniform spread): {}", share.join(" "));
+        println!("classified as (no class requested; 10% each is a uniform spread): {}", digit_percentages(&predicted, total));
     }
     println!("mean classifier confidence (top class): {:.4}", conf_sum / total as f64);
     println!("FID (classifier features) samples vs test: {fid_samples:.3}; floor train vs test: {fid_floor:.3}");
@@ -529,6 +527,11 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
         write_atomic(&j, serde_json::to_string_pretty(&v).unwrap().as_bytes())?;
     }
     Ok(())
+}
+
+/// "0:9.8% 1:10.1% ...": each digit's count as a share of `of`.
+fn digit_percentages(counts: &[usize], of: usize) -> String {
+    counts.iter().enumerate().map(|(d, c)| format!("{d}:{:.1}%", 100.0 * *c as f64 / of as f64)).collect::<Vec<_>>().join(" ")
 }
 
 /// Guidance only exists for a class-conditioned model; say so rather than print a value unused.
