@@ -49,7 +49,14 @@ fn flow_pipeline_and_bad_weights() {
     let d = d.as_str();
     let tiny = ["--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1"];
 
-    ok(&w, &[&["train", "class-flow", "--out", "run"][..], &tiny].concat());
+    let out = ok(&w, &[&["train", "class-flow", "--out", "run"][..], &tiny].concat());
+    assert!(out.contains("finished all 1 epochs"), "{out}");
+    // One clock for both figures: this run's time can never exceed all runs' time.
+    let secs = |tag: &str| -> f64 {
+        let head = out.split(tag).next().unwrap_or("");
+        head.rsplit(|c: char| c == ',' || c == ';').next().unwrap().trim().trim_end_matches(" s").parse().unwrap_or_else(|e| panic!("{tag}: {e} in {out}"))
+    };
+    assert!(secs(" this run") <= secs(" in all"), "{out}");
     for f in ["run/model.bpk", "run/epoch_1.bpk", "run/loss.csv", "run/checkpoint.ckpt"] {
         assert!(w.join(f).exists(), "{f}");
     }

@@ -246,8 +246,11 @@ pub struct RunOptions<'a> {
 
 /// What a finished (or stopped) run reports.
 pub struct Outcome {
+    /// `progress.seconds` counts every run's time, this one's up to its return included.
     pub progress: Progress,
     pub finished: bool,
+    /// Seconds this call spent from its first step to its return (steps, checkpoints, figures).
+    pub seconds_this_run: f64,
 }
 
 fn load_train_data(config: &TrainConfig, data_dir: &Option<PathBuf>) -> Result<Dataset> {
@@ -410,7 +413,9 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
                 }
                 if limit {
                     bar.abandon();
-                    return Ok(Outcome { progress, finished: false });
+                    // As saved in the checkpoint, so a resumed run continues this count.
+                    let seconds_this_run = progress.seconds - seconds_before;
+                    return Ok(Outcome { progress, finished: false, seconds_this_run });
                 }
             }
         }
@@ -429,7 +434,11 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
     }
     bar.finish();
     write_atomic(&run.model(), &package::module_to_bytes(model.valid())?)?;
-    Ok(Outcome { progress, finished: true })
+    // The same clock as the checkpoint's, now including the last epoch's figures, so the
+    // closing line never reports more time for this run than for all runs together.
+    let seconds_this_run = started.elapsed().as_secs_f64();
+    progress.seconds = seconds_before + seconds_this_run;
+    Ok(Outcome { progress, finished: true, seconds_this_run })
 }
 
 /// The gradients of one optimisation step on the images `idx`, and its loss. All of the step's

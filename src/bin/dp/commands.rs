@@ -386,7 +386,6 @@ fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
         progress_bar: true,
         max_steps: a.max_steps,
     };
-    let t = Instant::now();
     let out = train::train(c, device, &opts)?;
     let p = &out.progress;
     let last: Vec<f32> = p.losses.iter().rev().take(100).copied().collect();
@@ -394,7 +393,7 @@ fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
         "{}; {:.0} s this run, {:.0} s in all; mean loss of the last {} steps {:.5}; files in {}",
         // Counters are 0-based "next to run"; print them 1-based, as the resume message and the bar do.
         if out.finished { format!("finished all {} epochs", p.config.epochs) } else { format!("paused before epoch {} batch {}", p.epoch + 1, p.batch + 1) },
-        t.elapsed().as_secs_f64(),
+        out.seconds_this_run,
         p.seconds,
         last.len(),
         last.iter().sum::<f32>() / last.len().max(1) as f32,
