@@ -73,6 +73,20 @@ fn flow_pipeline_and_bad_weights() {
     let e: serde_json::Value = serde_json::from_slice(&std::fs::read(w.join("e.json")).unwrap()).unwrap();
     assert!(e["accuracy"].as_f64().is_some() && e["fid"].as_f64().unwrap().is_finite(), "{e}");
 
+    // Recipe 5 beside recipe 4: one chart, a CSV of each epoch's mean loss.
+    ok(&w, &[&["train", "class-flow-constant", "--out", "run5"][..], &tiny].concat());
+    let out = ok(&w, &["figures", "compare", "run", "run5/checkpoint.ckpt", "--out", "cmp/loss.png"]);
+    assert!(out.contains("run (class-flow, lr 1e-2, decayed)") && out.contains("run5 (class-flow-constant, lr 1e-3, constant)"), "{out}");
+    let csv = std::fs::read_to_string(w.join("cmp/loss.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    let means: Vec<f32> = rows[1].split(',').skip(1).map(|v| v.parse().unwrap()).collect();
+    assert!(means.len() == 2 && means.iter().all(|m| m.is_finite() && *m > 0.0), "{csv}");
+    if Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
+        is_png(&w.join("cmp/loss.png"));
+    }
+    fails(&w, &["figures", "compare", "run", "missing_run"], "missing_run");
+
     // Packaging, and the package's integrity checks.
     ok(&w, &["package", "class_flow", "--from", "run", "--note", "epochs=1"]);
     ok(&w, &["package", "classifier", "--from", "clf"]);

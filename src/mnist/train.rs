@@ -230,6 +230,31 @@ pub fn read_checkpoint(path: &Path) -> Result<(Progress, Vec<u8>, Vec<u8>)> {
     decode_checkpoint(&bytes, path)
 }
 
+/// Images in the MNIST and Fashion-MNIST training sets.
+const TRAIN_IMAGES: usize = 60_000;
+
+/// A run's loss history as its checkpoint holds it, for comparing runs: `path` is a run
+/// directory or a checkpoint file. Returns the progress and the steps in one epoch.
+pub fn run_losses(path: &Path) -> Result<(Progress, usize)> {
+    let ckpt = if path.is_dir() { path.join("checkpoint.ckpt") } else { path.to_path_buf() };
+    let (p, _, _) = read_checkpoint(&ckpt)?;
+    let steps = if p.epoch > 0 {
+        // Finished epochs are whole, so this also holds for --limit runs.
+        (p.losses.len() - p.batch) / p.epoch
+    } else {
+        p.config.limit.map_or(TRAIN_IMAGES, |l| l.min(TRAIN_IMAGES)).div_ceil(p.config.batch)
+    };
+    if steps == 0 || p.losses.len() < p.epoch * steps {
+        return Err(Error::format(&ckpt, "its loss history does not match its epoch counter"));
+    }
+    Ok((p, steps))
+}
+
+/// Mean loss of each epoch (the last one may be partial).
+pub fn epoch_means(losses: &[f32], steps_per_epoch: usize) -> Vec<f32> {
+    losses.chunks(steps_per_epoch.max(1)).map(|c| c.iter().sum::<f32>() / c.len() as f32).collect()
+}
+
 /// Options of a run that do not change its result.
 pub struct RunOptions<'a> {
     pub dir: PathBuf,
@@ -552,6 +577,11 @@ mod tests {
         for cut in [0, 7, 12, enc.len() - 1] {
             assert!(decode_checkpoint(&enc[..cut], Path::new("x")).is_err());
         }
+    }
+
+    #[test]
+    fn epoch_means_cover_a_partial_last_epoch() {
+        assert_eq!(epoch_means(&[1.0, 3.0, 2.0, 4.0, 5.0], 2), vec![2.0, 3.0, 5.0]);
     }
 
     #[test]

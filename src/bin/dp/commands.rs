@@ -221,6 +221,16 @@ enum Figure {
         /// Run directory holding loss.csv.
         run: PathBuf,
     },
+    /// Several runs' loss curves on one chart (by epoch), with a CSV and a table of each epoch's
+    /// mean loss: recipe 5 against recipe 4, say.
+    Compare {
+        /// Run directories (or checkpoint files) to compare.
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<PathBuf>,
+        /// The chart; the per-epoch means go beside it as .csv.
+        #[arg(long, default_value = "figures/loss_compare.png")]
+        out: PathBuf,
+    },
     /// Pure-noise denoiser outputs beside the training-set mean image.
     Mean {
         #[arg(long, default_value = "runs/pure-noise")]
@@ -569,6 +579,42 @@ fn cmd_figures(f: Figure, device: &Device) -> Result<()> {
             let out = run.join("loss.png");
             diffusion_playground::plot::loss_png(&losses, &out)?;
             println!("{} losses -> {}", losses.len(), out.display());
+        }
+        Figure::Compare { runs, out } => {
+            let mut series = Vec::new();
+            let mut means = Vec::new();
+            for r in &runs {
+                let (p, spe) = train::run_losses(r)?;
+                // A checkpoint file is named after its run folder.
+                let named = if r.is_dir() { r.as_path() } else { r.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(r) };
+                let name = named.file_name().map_or_else(|| r.display().to_string(), |n| n.to_string_lossy().to_string());
+                let recipe = serde_json::to_value(p.config.recipe).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+                let label = format!("{name} ({recipe}, lr {:.0e}{})", p.config.lr, if p.config.gamma.is_some() { ", decayed" } else { ", constant" });
+                means.push((label.clone(), train::epoch_means(&p.losses, spe), p.losses.len() % spe != 0));
+                series.push((label, p.losses, spe));
+            }
+            let epochs = means.iter().map(|m| m.1.len()).max().unwrap_or(0);
+            let mut csv = format!("epoch,{}\n", means.iter().map(|m| format!("\"{}\"", m.0)).collect::<Vec<_>>().join(","));
+            println!("mean loss per epoch (* = epoch not finished):");
+            for (i, m) in means.iter().enumerate() {
+                println!("  [{}] {}", i + 1, m.0);
+            }
+            for e in 0..epochs {
+                let cells: Vec<String> = means.iter().map(|m| m.1.get(e).map_or(String::new(), |v| format!("{v:.5}"))).collect();
+                csv.push_str(&format!("{},{}\n", e + 1, cells.join(",")));
+                let shown: Vec<String> = means
+                    .iter()
+                    .map(|m| m.1.get(e).map_or("-".to_string(), |v| format!("{v:.5}{}", if m.2 && e + 1 == m.1.len() { "*" } else { " " })))
+                    .collect();
+                println!("  epoch {:>2}: {}", e + 1, shown.iter().enumerate().map(|(i, c)| format!("[{}] {c:<9}", i + 1)).collect::<Vec<_>>().join("  "));
+            }
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            let csv_path = out.with_extension("csv");
+            write_atomic(&csv_path, csv.as_bytes())?;
+            diffusion_playground::plot::loss_compare_png(&series, &out)?;
+            println!("-> {} and {}", out.display(), csv_path.display());
         }
         Figure::Ood { model, epoch, out, data } => {
             let (m, from) = models::load_unet(&model, epoch, device)?;
