@@ -123,6 +123,9 @@ function onReady(msg) {
     const first = [...$('model').options].find((o) => !o.disabled);
     if (first) $('model').value = first.value;
   }
+  // Say why the playground's button stays off, rather than leave it silently disabled.
+  // (A denoiser that failed to load is explained by the error above instead.)
+  $('denoiser-missing').hidden = state.models.has('denoiser') || msg.failed.some((f) => f.name === 'denoiser');
   onModelChange();
   setBusy(false);
   if (params.has('bench')) runBenchmark();

@@ -137,7 +137,12 @@ test('WebGPU: the denoiser playground: a drawn digit is noised and denoised', as
   if (await page.locator('#denoise').isDisabled()) {
     const models = JSON.parse(await readFile('pkg/manifest.json', 'utf8')).models.map((m) => m.name);
     assert.ok(!models.includes('denoiser'), 'the denoiser is in pkg/ but the page did not enable it');
-    t.skip('no denoiser in pkg/manifest.json');
+    // The page says why the playground is off.
+    assert.ok(await page.locator('#denoiser-missing').isVisible(), 'no note explains the disabled playground');
+    assert.match(await page.locator('#denoiser-missing').textContent(), /without the denoiser model/);
+    await page.screenshot({ path: `${ARTIFACTS}webgpu-denoiser-missing.png`, fullPage: true });
+    await page.close();
+    t.skip('no denoiser in pkg/manifest.json (the page says so)');
     return;
   }
   // Draw a "1"-like stroke and a bar with the mouse.
@@ -151,6 +156,7 @@ test('WebGPU: the denoiser playground: a drawn digit is noised and denoised', as
   await page.mouse.move(box.x + 190, box.y + 240, { steps: 8 });
   await page.mouse.up();
   await set(page, 'sigma', 0.5);
+  assert.ok(await page.locator('#denoiser-missing').isHidden(), 'the missing-denoiser note shows while the denoiser is loaded');
   await page.locator('#denoise').click();
   await waitIdle(page);
   await page.screenshot({ path: `${ARTIFACTS}webgpu-denoiser.png`, fullPage: true });
