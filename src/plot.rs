@@ -109,7 +109,8 @@ pub fn loss_compare_png(series: &[(String, Vec<f32>, usize)], path: &Path) -> Re
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f32..x_max * 1.02, lo.log10()..hi.log10())
+            // A little room below and above, so the lowest curve does not run along the axis.
+            .build_cartesian_2d(0f32..x_max * 1.02, (lo * 0.95).log10()..(hi * 1.05).log10())
             .map_err(|e| err(&e))?;
         chart.configure_mesh().x_desc("epoch").y_desc("loss (log)").y_labels(10).y_label_formatter(&|v| format!("{:.3}", 10f32.powf(*v))).draw().map_err(|e| err(&e))?;
         const COLORS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
