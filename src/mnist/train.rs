@@ -240,14 +240,14 @@ pub fn run_losses(path: &Path) -> Result<(Progress, usize)> {
     let (p, _, _) = read_checkpoint(&ckpt)?;
     let steps = if p.epoch > 0 {
         // Finished epochs are whole, so this also holds for --limit runs.
-        (p.losses.len() - p.batch) / p.epoch
+        p.losses.len().checked_sub(p.batch).map(|n| n / p.epoch)
     } else {
-        p.config.limit.map_or(TRAIN_IMAGES, |l| l.min(TRAIN_IMAGES)).div_ceil(p.config.batch)
+        Some(p.config.limit.map_or(TRAIN_IMAGES, |l| l.min(TRAIN_IMAGES)).div_ceil(p.config.batch.max(1)))
     };
-    if steps == 0 || p.losses.len() < p.epoch * steps {
-        return Err(Error::format(&ckpt, "its loss history does not match its epoch counter"));
+    match steps {
+        Some(s) if s > 0 && p.epoch.checked_mul(s).is_some_and(|done| done <= p.losses.len()) => Ok((p, s)),
+        _ => Err(Error::format(&ckpt, "its loss history does not match its epoch and batch counters")),
     }
-    Ok((p, steps))
 }
 
 /// Mean loss of each epoch (the last one may be partial).
@@ -577,6 +577,24 @@ mod tests {
         for cut in [0, 7, 12, enc.len() - 1] {
             assert!(decode_checkpoint(&enc[..cut], Path::new("x")).is_err());
         }
+    }
+
+    #[test]
+    fn run_losses_finds_the_epoch_length_and_refuses_inconsistent_counters() {
+        let dir = std::env::temp_dir().join(format!("dp-run-losses-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ckpt = dir.join("checkpoint.ckpt");
+        let write = |epoch, batch, n: usize| {
+            let prog = Progress { config: Recipe::ClassFlow.defaults(), epoch, batch, losses: vec![0.5; n], seconds: 0.0 };
+            std::fs::write(&ckpt, encode_checkpoint(&prog, b"m", b"o")).unwrap();
+        };
+        write(2, 3, 2 * 7 + 3);
+        assert_eq!(run_losses(&dir).unwrap().1, 7);
+        write(0, 4, 4); // still in epoch 1: MNIST's 60,000 images at batch 64
+        assert_eq!(run_losses(&ckpt).unwrap().1, 938);
+        write(2, 5, 3); // fewer losses than the counters claim
+        assert!(run_losses(&dir).unwrap_err().to_string().contains("does not match"));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
