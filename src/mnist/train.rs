@@ -236,7 +236,7 @@ const TRAIN_IMAGES: usize = 60_000;
 /// A run's loss history as its checkpoint holds it, for comparing runs: `path` is a run
 /// directory or a checkpoint file. Returns the progress and the steps in one epoch.
 pub fn run_losses(path: &Path) -> Result<(Progress, usize)> {
-    let ckpt = if path.is_dir() { path.join("checkpoint.ckpt") } else { path.to_path_buf() };
+    let ckpt = if path.is_dir() { RunDir(path.to_path_buf()).checkpoint() } else { path.to_path_buf() };
     let (p, _, _) = read_checkpoint(&ckpt)?;
     let steps = if p.epoch > 0 {
         // Finished epochs are whole, so this also holds for --limit runs.
