@@ -4,6 +4,7 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use crate::conv::conv2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
@@ -59,7 +60,7 @@ impl Conv {
     /// # Shapes
     /// `[B, cin, H, W] -> [B, cout, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        gelu(self.bn.forward(self.conv.forward(x)))
+        gelu(self.bn.forward(conv2d(&self.conv, x)))
     }
 }
 
@@ -246,7 +247,7 @@ impl UNet {
             };
         }
         let u2 = self.u2.forward(Tensor::cat(vec![e2, u1], 1)); // [B, D, 28, 28]
-        self.out.forward(self.d1.forward(Tensor::cat(vec![e1, u2], 1))) // [B, 1, 28, 28]
+        conv2d(&self.out, self.d1.forward(Tensor::cat(vec![e1, u2], 1))) // [B, 1, 28, 28]
     }
 }
 

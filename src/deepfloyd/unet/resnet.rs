@@ -3,6 +3,7 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+use crate::conv::conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
@@ -71,7 +72,7 @@ impl ResnetBlock2D {
     pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
         let h = act(self.act, self.norm1.forward(x.clone()));
         let (x, h) = (self.resample(x), self.resample(h));
-        let h = self.conv1.forward(h);
+        let h = conv2d(&self.conv1, h);
         let temb = if self.skip_time_act { temb } else { act(self.act, temb) };
         let temb = self.time_emb_proj.forward(temb); // [B, 2 cout]
         let [b, c2] = temb.dims();
@@ -79,9 +80,9 @@ impl ResnetBlock2D {
         let scale = temb.clone().slice([0..b, 0..c]).reshape([b, c, 1, 1]);
         let shift = temb.slice([0..b, c..c2]).reshape([b, c, 1, 1]);
         let h = self.norm2.forward(h) * (scale + 1.0) + shift;
-        let h = self.conv2.forward(act(self.act, h));
+        let h = conv2d(&self.conv2, act(self.act, h));
         let x = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv2d(conv, x),
             None => x,
         };
         let out = x + h;
