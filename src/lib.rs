@@ -6,6 +6,7 @@
 //! helpers both parts share; [`device`] the one place a backend is chosen; [`rng`] the seedable
 //! noise source every sampler and trainer draws from, so tests can inject their own noise.
 
+pub mod activation;
 pub mod conv;
 pub mod deepfloyd;
 pub mod device;

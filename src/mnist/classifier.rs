@@ -4,7 +4,8 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use crate::activation::gelu;
+use burn::tensor::activation::softmax;
 
 use super::unet::Conv;
 use super::CLASSES;

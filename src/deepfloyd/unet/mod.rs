@@ -11,7 +11,8 @@ use burn::nn::conv::Conv2d;
 use crate::conv::conv2d;
 use burn::nn::{GroupNorm, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, silu};
+use crate::activation::gelu;
+use burn::tensor::activation::silu;
 
 pub use attention::Attention;
 pub use embeddings::{timestep_features, AttentionPooling, TextTimeEmbedding, TimestepEmbedding};
