@@ -5,6 +5,8 @@
 //! Layout: [`mnist`] holds the models and samplers of part B; [`image_ops`] the tensor <-> image
 //! helpers both parts share; [`device`] the one place a backend is chosen; [`rng`] the seedable
 //! noise source every sampler and trainer draws from, so tests can inject their own noise.
+//! [`conv`] and [`activation`] are the convolution and GELU every model calls: burn's, except on the
+//! CPU (Flex, f32), where this crate's faster kernels run.
 
 pub mod activation;
 pub mod conv;

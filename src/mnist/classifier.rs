@@ -4,8 +4,8 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use crate::activation::gelu;
 use burn::tensor::activation::softmax;
+use crate::activation::gelu;
 
 use super::unet::Conv;
 use super::CLASSES;

@@ -4,10 +4,10 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
-use crate::conv::conv2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use crate::activation::gelu;
+use crate::conv::conv2d;
 
 use crate::mnist::CLASSES;
 

@@ -8,11 +8,11 @@ mod resnet;
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use crate::conv::conv2d;
 use burn::nn::{GroupNorm, Linear, LinearConfig};
 use burn::prelude::*;
-use crate::activation::gelu;
 use burn::tensor::activation::silu;
+use crate::activation::gelu;
+use crate::conv::conv2d;
 
 pub use attention::Attention;
 pub use embeddings::{timestep_features, AttentionPooling, TextTimeEmbedding, TimestepEmbedding};

@@ -3,9 +3,9 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use crate::conv::conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
+use crate::conv::conv2d;
 
 use super::act;
 use crate::deepfloyd::config::{Act, IfConfig};
