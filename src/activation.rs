@@ -31,6 +31,9 @@ mod flex {
     use burn::backend::{Autodiff, Flex, TensorMetadata};
     use burn::tensor::{DType, Tensor, TensorData};
     use rayon::prelude::*;
+    use std::sync::LazyLock;
+
+    static FORCE_BURN: LazyLock<bool> = LazyLock::new(|| crate::device::env_flag("DP_BURN_GELU"));
 
     const SQRT_2: f32 = core::f32::consts::SQRT_2;
     /// Below this many elements one thread is quicker than sharing out the work.
@@ -59,7 +62,7 @@ mod flex {
     }
 
     pub(super) fn try_gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
-        if std::env::var_os("DP_BURN_GELU").is_some_and(|v| v != "0") || x.dtype() != DType::F32 || x.shape().num_elements() < 2 * CHUNK {
+        if *FORCE_BURN || x.dtype() != DType::F32 || x.shape().num_elements() < 2 * CHUNK {
             return Err(x);
         }
         if let Ok(p) = x.clone().try_into_primitive::<Flex>() {

@@ -3,9 +3,10 @@
 //! burn 0.22's Flex computes a convolution's weight gradient as another convolution with batch and
 //! channels swapped (a gemm whose n is the kernel's 9 taps) and its input gradient through the
 //! transposed-convolution kernel; forward and backward together ran at under half the speed of
-//! im2col + one well-shaped gemm per image (measured on the UNet's layers, batch 64). On Flex with
-//! f32 tensors, groups 1 and dilation 1 this module does the latter, in and out of autodiff;
-//! everything else (wgpu, f16, grouped or dilated convolutions, the browser) goes to burn's own
+//! well-shaped gemms per image (measured on the UNet's layers, batch 64). On Flex with f32
+//! tensors, groups 1 and dilation 1 this module computes each image with gemms on the raw buffers
+//! (shifted windows for stride 1, im2col otherwise), in and out of autodiff; everything else
+//! (wgpu, f16, grouped or dilated convolutions, the browser) goes to burn's own
 //! `Conv2d::forward`. Set `DP_BURN_CONV=1` to force burn's path (for A/B benchmarks).
 
 use burn::nn::conv::Conv2d;
@@ -37,24 +38,27 @@ pub(crate) mod flex {
     use burn::tensor::{DType, Tensor, TensorData};
     use gemm::{Parallelism, gemm};
     use rayon::prelude::*;
+    use std::sync::LazyLock;
+
+    static FORCE_BURN: LazyLock<bool> = LazyLock::new(|| crate::device::env_flag("DP_BURN_CONV"));
 
     /// Sizes of one convolution: input `[b, cin, h, w]`, weight `[cout, cin, kh, kw]`, stride,
     /// top/left padding (bottom/right padding only shows in `oh`, `ow`), output `[b, cout, oh, ow]`.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(crate) struct Geom {
-        pub b: usize,
-        pub cin: usize,
-        pub h: usize,
-        pub w: usize,
-        pub cout: usize,
-        pub kh: usize,
-        pub kw: usize,
-        pub sh: usize,
-        pub sw: usize,
-        pub pt: usize,
-        pub pl: usize,
-        pub oh: usize,
-        pub ow: usize,
+    #[derive(Clone, Copy, Debug)]
+    struct Geom {
+        b: usize,
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        kh: usize,
+        kw: usize,
+        sh: usize,
+        sw: usize,
+        pt: usize,
+        pl: usize,
+        oh: usize,
+        ow: usize,
     }
 
     impl Geom {
@@ -90,7 +94,7 @@ pub(crate) mod flex {
 
     /// The fast path, or `x` back when it does not apply.
     pub(crate) fn try_conv2d(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
-        if std::env::var_os("DP_BURN_CONV").is_some_and(|v| v != "0")
+        if *FORCE_BURN
             || conv.groups != 1
             || conv.dilation != [1, 1]
             || x.dtype() != DType::F32
@@ -117,15 +121,10 @@ pub(crate) mod flex {
 
         // Plain Flex tensors (sampling, evaluation, DeepFloyd): one call, bias added in the gemm.
         if let Ok(xp) = x.clone().try_into_primitive::<Flex>() {
-            let (Ok(wp), bp) = (weight.clone().try_into_primitive::<Flex>(), bias.clone().map(|b| b.try_into_primitive::<Flex>())) else {
+            let (Ok(wp), Ok(bp)) = (weight.clone().try_into_primitive::<Flex>(), bias.clone().map(|b| b.try_into_primitive::<Flex>()).transpose()) else {
                 return Err(x);
             };
-            let bp = match bp {
-                None => None,
-                Some(Ok(bp)) => Some(bp.to_contiguous()),
-                Some(Err(_)) => return Err(x),
-            };
-            let (xp, wp) = (xp.to_contiguous(), wp.to_contiguous());
+            let (xp, wp, bp) = (xp.to_contiguous(), wp.to_contiguous(), bp.map(|b| b.to_contiguous()));
             let y = forward(&g, f32s(&xp), f32s(&wp), bp.as_ref().map(f32s));
             return Ok(Tensor::from_primitive::<Flex>(flex_tensor(y, [g.b, g.cout, g.oh, g.ow])));
         }
@@ -195,6 +194,7 @@ pub(crate) mod flex {
             for i in 0..g.kh {
                 for j in 0..g.kw {
                     let row = &mut cols[((c * g.kh + i) * g.kw + j) * ohw..][..ohw];
+                    let (lo, hi) = g.inside(j);
                     for oy in 0..g.oh {
                         let out = &mut row[oy * g.ow..][..g.ow];
                         let iy = (oy * g.sh + i) as isize - g.pt as isize;
@@ -203,7 +203,6 @@ pub(crate) mod flex {
                             continue;
                         }
                         let src = &plane[iy as usize * g.w..][..g.w];
-                        let (lo, hi) = g.inside(j);
                         out[..lo].fill(0.0);
                         out[hi..].fill(0.0);
                         if lo == hi {
@@ -232,16 +231,16 @@ pub(crate) mod flex {
             for i in 0..g.kh {
                 for j in 0..g.kw {
                     let row = &cols[((c * g.kh + i) * g.kw + j) * ohw..][..ohw];
+                    let (lo, hi) = g.inside(j);
+                    if lo == hi {
+                        continue;
+                    }
                     for oy in 0..g.oh {
                         let iy = (oy * g.sh + i) as isize - g.pt as isize;
                         if iy < 0 || iy >= g.h as isize {
                             continue;
                         }
                         let dst = &mut plane[iy as usize * g.w..][..g.w];
-                        let (lo, hi) = g.inside(j);
-                        if lo == hi {
-                            continue;
-                        }
                         let first = lo * g.sw + j - g.pl;
                         let src = &row[oy * g.ow..][lo..hi];
                         if g.sw == 1 {
@@ -295,15 +294,16 @@ pub(crate) mod flex {
             })
         }
 
+        /// Where input row (c, y) starts inside the padded image `[cin, hp, wp]`.
+        fn padded_row(&self, sh: &Shifted, c: usize, y: usize) -> usize {
+            (c * sh.hp + y + self.pt) * sh.wp + self.pl
+        }
+
         /// The image zero-padded to `[cin, hp, wp]`.
         fn pad(&self, sh: &Shifted, x: &[f32]) -> Vec<f32> {
             let mut xp = vec![0f32; self.cin * sh.hp * sh.wp];
-            for c in 0..self.cin {
-                for y in 0..self.h.min(sh.hp - self.pt) {
-                    let dst = &mut xp[(c * sh.hp + y + self.pt) * sh.wp + self.pl..];
-                    let len = self.w.min(sh.wp - self.pl);
-                    dst[..len].copy_from_slice(&x[(c * self.h + y) * self.w..][..len]);
-                }
+            for (r, src) in x.chunks(self.w).enumerate() {
+                xp[self.padded_row(sh, r / self.h, r % self.h)..][..self.w].copy_from_slice(src);
             }
             xp
         }
@@ -365,7 +365,7 @@ pub(crate) mod flex {
             let mut wide = vec![0f32; self.cout * wide_row];
             for co in 0..self.cout {
                 for oy in 0..self.oh {
-                    wide[co * wide_row + oy * sh.wp..][..self.ow].copy_from_slice(&gy[(co * self.oh + oy) * self.ow..][..self.ow]);
+                    wide[(co * self.oh + oy) * sh.wp..][..self.ow].copy_from_slice(&gy[(co * self.oh + oy) * self.ow..][..self.ow]);
                 }
             }
             if let Some(dw) = dw {
@@ -385,18 +385,15 @@ pub(crate) mod flex {
                         matmul(self.cin, sh.n, self.cout, &mut dxp[i * sh.wp + j..], (plane, 1), true, &w[start..], (cs, rs), &wide, (wide_row, 1), threads);
                     }
                 }
-                for c in 0..self.cin {
-                    for y in 0..self.h.min(sh.hp - self.pt) {
-                        let len = self.w.min(sh.wp - self.pl);
-                        dx[(c * self.h + y) * self.w..][..len].copy_from_slice(&dxp[(c * sh.hp + y + self.pt) * sh.wp + self.pl..][..len]);
-                    }
+                for (r, dst) in dx.chunks_mut(self.w).enumerate() {
+                    dst.copy_from_slice(&dxp[self.padded_row(&sh, r / self.h, r % self.h)..][..self.w]);
                 }
             }
         }
     }
 
     /// `y[b] = conv(x[b]) (+ bias)`, `[b, cout, oh, ow]` flattened.
-    pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let mut y = vec![0f32; g.b * g.out_len()];
         let one = |(n, yb): (usize, &mut [f32])| g.forward_image(&x[n * g.in_len()..][..g.in_len()], w, bias, yb);
         if g.split_batch() {
@@ -409,36 +406,34 @@ pub(crate) mod flex {
 
     /// Gradients of `forward` (without bias) for the output gradient `gy`: `dx[b] =
     /// col2im(wᵀ @ gy[b])` and `dw = Σ_b gy[b] @ im2col(x[b])ᵀ`, each only when asked for.
-    pub(crate) fn backward(g: &Geom, x: &[f32], w: &[f32], gy: &[f32], want_dx: bool, want_dw: bool) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    fn backward(g: &Geom, x: &[f32], w: &[f32], gy: &[f32], want_dx: bool, want_dw: bool) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
         let wlen = if want_dw { g.cout * g.k() } else { 0 };
         let one = |n: usize, dw: &mut Vec<f32>, dxb: Option<&mut [f32]>| {
             let (xb, gyb) = (&x[n * g.in_len()..][..g.in_len()], &gy[n * g.out_len()..][..g.out_len()]);
             g.backward_image(xb, w, gyb, want_dw.then_some(dw.as_mut_slice()), dxb);
         };
         let mut dx = want_dx.then(|| vec![0f32; g.b * g.in_len()]);
-        let mut dw = vec![0f32; wlen];
-        // In parallel each thread sums its items' weight gradients, and the sums are added up.
-        let zeros = || vec![0f32; wlen];
-        let sum = |mut a: Vec<f32>, b: Vec<f32>| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
+        // Each item with its slice of dx, when dx is wanted.
+        let items: Vec<(usize, Option<&mut [f32]>)> = match dx.as_mut() {
+            Some(dx) => dx.chunks_mut(g.in_len()).map(Some).enumerate().collect(),
+            None => (0..g.b).map(|n| (n, None)).collect(),
         };
-        match (&mut dx, g.split_batch()) {
-            (Some(dx), true) => {
-                dw = dx.par_chunks_mut(g.in_len()).enumerate().fold(zeros, |mut dw, (n, dxb)| {
-                    one(n, &mut dw, Some(dxb));
-                    dw
-                }).reduce(zeros, sum);
-            }
-            (None, true) => {
-                dw = (0..g.b).into_par_iter().fold(zeros, |mut dw, n| {
-                    one(n, &mut dw, None);
-                    dw
-                }).reduce(zeros, sum);
-            }
-            (Some(dx), false) => dx.chunks_mut(g.in_len()).enumerate().for_each(|(n, dxb)| one(n, &mut dw, Some(dxb))),
-            (None, false) => (0..g.b).for_each(|n| one(n, &mut dw, None)),
-        }
+        let dw = if g.split_batch() {
+            // Each thread sums its items' weight gradients, and the sums are added up.
+            let sum = |mut a: Vec<f32>, b: Vec<f32>| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            };
+            let zeros = || vec![0f32; wlen];
+            items.into_par_iter().fold(zeros, |mut dw, (n, dxb)| {
+                one(n, &mut dw, dxb);
+                dw
+            }).reduce(zeros, sum)
+        } else {
+            let mut dw = vec![0f32; wlen];
+            items.into_iter().for_each(|(n, dxb)| one(n, &mut dw, dxb));
+            dw
+        };
         (dx, want_dw.then_some(dw))
     }
 }
