@@ -304,6 +304,9 @@ pub fn run(cli: Cli) -> Result<()> {
         )));
     }
     let device = device::init_with(cli.device, cli.compute)?;
+    if matches!(cli.command, Command::Train(_) | Command::TrainClassifier(_)) {
+        crate::heap::retain_freed_memory(true);
+    }
     match cli.command {
         Command::Train(a) => cmd_train(a, &device),
         Command::If(a) => crate::deepfloyd::run(a, &device),

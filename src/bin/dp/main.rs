@@ -13,6 +13,8 @@ mod commands;
 #[cfg(not(target_arch = "wasm32"))]
 mod deepfloyd;
 #[cfg(not(target_arch = "wasm32"))]
+mod heap;
+#[cfg(not(target_arch = "wasm32"))]
 mod models;
 
 #[cfg(not(target_arch = "wasm32"))]
