@@ -7,7 +7,8 @@ const PIXELS = SIDE * SIDE;
 const state = {
   worker: null,
   ready: false,
-  models: new Map(), // name -> manifest entry
+  models: new Map(), // name -> manifest entry, for every model the page can use
+  onDemand: new Set(), // names among them the worker fetches on first use
   backend: params.get('backend') || 'auto',
   nextId: 1,
   pending: new Map(), // id -> {resolve, reject, onStep}
@@ -50,10 +51,10 @@ function startWorker(backend) {
   w.postMessage({ type: 'init', id: 0, backend });
 }
 
-function request(msg, onStep) {
+function request(msg, onStep, onProgress) {
   const id = state.nextId++;
   return new Promise((resolve, reject) => {
-    state.pending.set(id, { resolve, reject, onStep });
+    state.pending.set(id, { resolve, reject, onStep, onProgress });
     state.worker.postMessage({ ...msg, id });
   });
 }
@@ -65,6 +66,7 @@ function onWorkerMessage(msg) {
       $('backend').textContent = msg.text;
       break;
     case 'progress':
+      if (job) { if (job.onProgress) job.onProgress(msg); break; }
       $('load-progress').textContent = msg.total
         ? `${msg.name}: ${(msg.loaded / 1e6).toFixed(1)} / ${(msg.total / 1e6).toFixed(1)} MB`
         : `${msg.name}: ${(msg.loaded / 1e6).toFixed(1)} MB`;
@@ -104,7 +106,8 @@ function onWorkerMessage(msg) {
 
 function onReady(msg) {
   state.ready = true;
-  state.models = new Map(msg.models.map((m) => [m.name, m]));
+  state.models = new Map([...msg.models, ...msg.onDemand].map((m) => [m.name, m]));
+  state.onDemand = new Set(msg.onDemand.map((m) => m.name));
   const label = msg.backend === 'webgpu' ? `WebGPU: ${msg.adapter}` : `CPU fallback: ${msg.adapter}`;
   $('backend').textContent = label;
   $('backend').dataset.backend = msg.backend;
@@ -302,11 +305,20 @@ function updateClean() { drawDigit($('clean'), padToDigit()); }
 async function denoise() {
   clearError();
   setBusy(true);
+  const cap = $('denoised-cap');
+  // The first use fetches the denoiser (15.8 MB for D=128): say so under its output.
+  if (state.onDemand.has('denoiser')) {
+    cap.textContent = `loading the denoiser (${(state.models.get('denoiser').bytes / 1e6).toFixed(1)} MB)…`;
+  }
+  const onProgress = (p) => {
+    cap.textContent = `loading the denoiser: ${(p.loaded / 1e6).toFixed(1)}${p.total ? ` / ${(p.total / 1e6).toFixed(1)}` : ''} MB`;
+  };
   try {
     const r = await request({
       type: 'denoise', model: 'denoiser', pixels: readDigit($('clean')),
       sigma: Number($('sigma').value), seed: Number($('noise-seed').value) >>> 0,
-    });
+    }, null, onProgress);
+    state.onDemand.delete('denoiser');
     drawDigit($('noisy'), r.noisy);
     drawDigit($('denoised'), r.denoised);
     return r;
@@ -314,6 +326,7 @@ async function denoise() {
     showError(`Denoising failed: ${e.message}`);
     throw e;
   } finally {
+    cap.textContent = 'denoised';
     setBusy(false);
   }
 }

@@ -2,10 +2,16 @@
 // Protocol (all messages are plain objects with a `type`):
 //   page -> worker: init {backend: 'auto'|'webgpu'|'cpu'}, generate {...}, denoise {...}, classify {...}, cancel {id}
 //   worker -> page: status, progress, ready, step, done, denoised, classified, error
+// The playground's denoisers are fetched on first use (see onDemand), with progress tagged by the job's id.
 import init, { Playground } from './diffusion-playground.js';
 
 let pg = null;
 let hasClassifier = false;
+// Manifest entries listed but not fetched yet: name -> entry.
+const pending = new Map();
+// A denoiser (an unconditioned UNet) only serves the playground, and the D=128 one is 15.8 MB,
+// four times a flow model: fetch it when the playground is first used, not before the first digit.
+const onDemand = (m) => m.kind === 'unet' && m.conditioning === 'none';
 let current = null; // the job running now: {id, cancelled}
 const queue = [];
 let busy = false;
@@ -92,7 +98,7 @@ function describe(adapter) {
   return adapter.isFallbackAdapter || i.isFallbackAdapter ? `${name} (software fallback adapter)` : name;
 }
 
-async function fetchBytes(url, name) {
+async function fetchBytes(url, name, id) {
   const res = await fetch(url);
   if (!res.ok) throw new Error(`${url}: HTTP ${res.status} ${res.statusText} (is pkg/ deployed next to the page?)`);
   const total = Number(res.headers.get('content-length')) || 0;
@@ -105,7 +111,7 @@ async function fetchBytes(url, name) {
     if (done) break;
     parts.push(value);
     loaded += value.length;
-    post({ type: 'progress', name, loaded, total });
+    post({ type: 'progress', id, name, loaded, total });
   }
   const out = new Uint8Array(loaded);
   let off = 0;
@@ -125,6 +131,7 @@ async function start({ backend }) {
   const loaded = [];
   const failed = [];
   for (const m of models) {
+    if (onDemand(m)) { pending.set(m.name, m); continue; }
     post({ type: 'status', text: `Loading ${m.name} (${(m.bytes / 1e6).toFixed(1)} MB)…` });
     try {
       const bytes = await fetchBytes(`./pkg/${m.file}`, m.name);
@@ -136,7 +143,23 @@ async function start({ backend }) {
     }
   }
   hasClassifier = loaded.some((m) => m.kind === 'classifier');
-  post({ type: 'ready', backend: pg.backend, adapter: dev.adapter || pg.adapter, notice: dev.notice, models: loaded, failed });
+  post({ type: 'ready', backend: pg.backend, adapter: dev.adapter || pg.adapter, notice: dev.notice, models: loaded, onDemand: [...pending.values()], failed });
+}
+
+// Fetches and builds a model held back by onDemand; a failure leaves it pending, so the next
+// request tries again.
+async function ensureLoaded(name, id) {
+  const m = pending.get(name);
+  if (!m) return; // loaded at start, or not in the manifest (the wasm side says which)
+  let bytes;
+  try {
+    bytes = await fetchBytes(`./pkg/${m.file}`, name, id);
+    pg.loadModel(name, bytes);
+  } catch (e) {
+    if (e instanceof WebAssembly.RuntimeError) throw e;
+    throw new Error(`could not load model '${name}' (${(m.bytes / 1e6).toFixed(1)} MB): ${e.message}`);
+  }
+  pending.delete(name);
 }
 
 async function generate({ id, model, labels, guidance, steps, solver, seed }) {
@@ -156,6 +179,7 @@ async function generate({ id, model, labels, guidance, steps, solver, seed }) {
 }
 
 async function denoise({ id, model, pixels, sigma, seed }) {
+  await ensureLoaded(model, id);
   const out = await pg.denoise(model, Float32Array.from(pixels), sigma, seed >>> 0);
   const n = out.length / 2;
   post({ type: 'denoised', id, noisy: out.slice(0, n), denoised: out.slice(n) });

@@ -131,9 +131,26 @@ test('WebGPU: a running generation can be cancelled and the page stays usable', 
   await page.close();
 });
 
-test('WebGPU: the denoiser playground: a drawn digit is noised and denoised', async (t) => {
-  const page = await open(gpuBrowser, '?backend=webgpu');
+// Draws a "1"-like stroke and a bar on the playground's pad with the mouse.
+async function drawOne(page) {
+  const box = await page.locator('#pad').boundingBox();
+  await page.mouse.move(box.x + 140, box.y + 40);
+  await page.mouse.down();
+  await page.mouse.move(box.x + 140, box.y + 240, { steps: 12 });
+  await page.mouse.up();
+  await page.mouse.move(box.x + 90, box.y + 240);
+  await page.mouse.down();
+  await page.mouse.move(box.x + 190, box.y + 240, { steps: 8 });
+  await page.mouse.up();
+}
+
+const hasDenoiser = async () => JSON.parse(await readFile('pkg/manifest.json', 'utf8')).models.some((m) => m.name === 'denoiser');
+
+test('WebGPU: the denoiser playground: fetched on first use, then a drawn digit is noised and denoised', async (t) => {
+  let fetches = 0;
+  const page = await open(gpuBrowser, '?backend=webgpu', (p) => p.route('**/pkg/denoiser.bpk', (r) => { fetches++; return r.continue(); }));
   await waitReady(page);
+  assert.equal(fetches, 0, 'the denoiser was fetched before the playground was used');
   if (await page.locator('#denoise').isDisabled()) {
     const models = JSON.parse(await readFile('pkg/manifest.json', 'utf8')).models.map((m) => m.name);
     assert.ok(!models.includes('denoiser'), 'the denoiser is in pkg/ but the page did not enable it');
@@ -145,22 +162,15 @@ test('WebGPU: the denoiser playground: a drawn digit is noised and denoised', as
     t.skip('no denoiser in pkg/manifest.json (the page says so)');
     return;
   }
-  // Draw a "1"-like stroke and a bar with the mouse.
-  const box = await page.locator('#pad').boundingBox();
-  await page.mouse.move(box.x + 140, box.y + 40);
-  await page.mouse.down();
-  await page.mouse.move(box.x + 140, box.y + 240, { steps: 12 });
-  await page.mouse.up();
-  await page.mouse.move(box.x + 90, box.y + 240);
-  await page.mouse.down();
-  await page.mouse.move(box.x + 190, box.y + 240, { steps: 8 });
-  await page.mouse.up();
+  await drawOne(page);
   await set(page, 'sigma', 0.5);
   assert.ok(await page.locator('#denoiser-missing').isHidden(), 'the missing-denoiser note shows while the denoiser is loaded');
   await page.locator('#denoise').click();
   await waitIdle(page);
   await page.screenshot({ path: `${ARTIFACTS}webgpu-denoiser.png`, fullPage: true });
   assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(fetches, 1, 'the first use fetches the denoiser once');
+  assert.equal(await page.locator('#denoised-cap').textContent(), 'denoised');
   const [clean, noisy, denoised] = await Promise.all(['clean', 'noisy', 'denoised'].map((id) => page.evaluate((i) => window.playground.readDigit(i), id)));
   const mse = (a, b) => a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0) / a.length;
   assert.ok(Math.max(...clean) > 0.9, 'the drawing reached the 28x28 input');
@@ -229,6 +239,31 @@ test('a corrupt weights file gives a readable error in the page', async () => {
   // The rest of the page still works: the class-conditioned model is marked unavailable.
   await page.waitForFunction(() => window.playground.ready, null, { timeout: LOAD_MS });
   assert.equal(await page.locator('#model option[value="class_flow"]').isDisabled(), true);
+  await page.close();
+});
+
+test('a denoiser that fails to download gives a readable error, and the next try fetches it again', async (t) => {
+  if (!(await hasDenoiser())) return t.skip('no denoiser in pkg/manifest.json');
+  let fetches = 0;
+  const page = await open(noGpuBrowser, '', (p) => p.route('**/pkg/denoiser.bpk',
+    (r) => (++fetches === 1 ? r.fulfill({ status: 503, body: 'busy' }) : r.continue())));
+  await waitReady(page);
+  await drawOne(page);
+  await page.locator('#denoise').click();
+  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  assert.match(await page.locator('#error').textContent(), /Denoising failed: could not load model 'denoiser' \(\d+\.\d MB\): .*HTTP 503/);
+  await page.waitForFunction(() => !document.getElementById('denoise').disabled, null, { timeout: JOB_MS });
+  await page.locator('#denoise').click();
+  await waitIdle(page);
+  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(fetches, 2, 'the second try fetched the denoiser again');
+  const denoised = await page.evaluate(() => window.playground.readDigit('denoised'));
+  assert.ok(Math.max(...denoised) > 0.5, 'the denoised digit was drawn');
+  // Once loaded it stays loaded.
+  await set(page, 'noise-seed', 1);
+  await page.locator('#denoise').click();
+  await waitIdle(page);
+  assert.equal(fetches, 2, 'a loaded denoiser is not fetched again');
   await page.close();
 });
 
