@@ -65,8 +65,7 @@ pub fn run(a: BenchArgs, device: &Device, device_name: &str) -> Result<()> {
     let flops = forward_flops(&cfg);
     println!("UNet D={} time+class: {:.3} GFLOP per image forward", a.hidden, flops / 1e9);
 
-    // Training step, with the trainer's heap setting.
-    crate::heap::retain_freed_memory(true);
+    // Training step.
     let ad = device.clone().autodiff();
     let mut model = cfg.init(&ad);
     let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
@@ -81,7 +80,6 @@ pub fn run(a: BenchArgs, device: &Device, device_name: &str) -> Result<()> {
         let _: f32 = loss.into_scalar(); // forces the step to complete
     });
     let train_ips = steps_s * a.train_batch as f64;
-    crate::heap::retain_freed_memory(false);
 
     // One guided sampling step.
     let m = cfg.init(device).valid();

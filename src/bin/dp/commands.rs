@@ -304,7 +304,8 @@ pub fn run(cli: Cli) -> Result<()> {
         )));
     }
     let device = device::init_with(cli.device, cli.compute)?;
-    if matches!(cli.command, Command::Train(_) | Command::TrainClassifier(_)) {
+    // The MNIST commands (not IF's, whose peak memory bench-if reports against diffusers').
+    if matches!(cli.command, Command::Train(_) | Command::TrainClassifier(_) | Command::Sample(_) | Command::Eval(_) | Command::Figures(_) | Command::Bench(_)) {
         crate::heap::retain_freed_memory(true);
     }
     match cli.command {

@@ -1,12 +1,13 @@
-//! How the training process takes memory from the kernel.
+//! How the MNIST commands take memory from the kernel.
 //!
 //! glibc serves each allocation above its mmap threshold (at most 32 MB) with a fresh mmap and
 //! unmaps it on free. A D=128 denoiser step at batch 256 allocates and frees activations of
 //! ~100 MB many times per step, so every step re-faults and the kernel zeroes gigabytes of pages
 //! (`clear_page_erms` was 7% of a `perf` profile, page faults 2% more). Keeping freed memory in
-//! the heap instead measured 9.7 -> 12.4 and 8.0 -> 9.4 images/s for that step on the 2-core Intel machine and
-//! made no difference to the D=64 flows at batch 64 (whose tensors stay below the threshold);
-//! it made guided sampling at batch 80 ~7% slower, so only training turns it on.
+//! the heap instead measured 9.7 -> 12.4 and 8.0 -> 9.4 images/s for that step on the 2-core
+//! Intel machine; the D=64 flows' training at batch 64 was unchanged; guided sampling of 80
+//! digits (`dp sample`, 160 forwards a step) took 24.0, 23.1, 19.7 s against 25.2, 25.7, 24.7 s
+//! with glibc's defaults (page faults and munmap had been ~7% of its profile).
 
 /// `true`: serve large blocks from the heap and keep freed memory for reuse instead of giving
 /// it back to the kernel; `false`: glibc's default values again
