@@ -155,16 +155,11 @@ mod approx {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    fn has_avx2() -> bool {
-        static AVX2: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| is_x86_feature_detected!("avx2"));
-        *AVX2
-    }
-
     /// `out = GELU(x)`, elementwise.
     pub(super) fn gelu(x: &[f32], out: &mut [f32]) {
+        // std caches the CPU's features: this is one atomic load.
         #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
+        if is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
             fn wide(x: &[f32], out: &mut [f32]) {
                 gelu_loop(x, out)
@@ -178,7 +173,7 @@ mod approx {
     /// `out = g · GELU'(x)`, elementwise.
     pub(super) fn gelu_grad(x: &[f32], g: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
+        if is_x86_feature_detected!("avx2") {
             #[target_feature(enable = "avx2")]
             fn wide(x: &[f32], g: &[f32], out: &mut [f32]) {
                 gelu_grad_loop(x, g, out)

@@ -134,8 +134,7 @@ async function start({ backend }) {
     if (onDemand(m)) { pending.set(m.name, m); continue; }
     post({ type: 'status', text: `Loading ${m.name} (${(m.bytes / 1e6).toFixed(1)} MB)…` });
     try {
-      const bytes = await fetchBytes(`./pkg/${m.file}`, m.name);
-      pg.loadModel(m.name, bytes);
+      await loadEntry(m);
       loaded.push(m);
     } catch (e) {
       if (e instanceof WebAssembly.RuntimeError) throw e;
@@ -146,15 +145,18 @@ async function start({ backend }) {
   post({ type: 'ready', backend: pg.backend, adapter: dev.adapter || pg.adapter, notice: dev.notice, models: loaded, onDemand: [...pending.values()], failed });
 }
 
+// Fetches manifest entry `m` from pkg/ and builds it on the device (progress tagged with `id`).
+async function loadEntry(m, id) {
+  pg.loadModel(m.name, await fetchBytes(`./pkg/${m.file}`, m.name, id));
+}
+
 // Fetches and builds a model held back by onDemand; a failure leaves it pending, so the next
 // request tries again.
 async function ensureLoaded(name, id) {
   const m = pending.get(name);
   if (!m) return; // loaded at start, or not in the manifest (the wasm side says which)
-  let bytes;
   try {
-    bytes = await fetchBytes(`./pkg/${m.file}`, name, id);
-    pg.loadModel(name, bytes);
+    await loadEntry(m, id);
   } catch (e) {
     if (e instanceof WebAssembly.RuntimeError) throw e;
     throw new Error(`could not load model '${name}' (${(m.bytes / 1e6).toFixed(1)} MB): ${e.message}`);

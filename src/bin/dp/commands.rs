@@ -306,7 +306,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let device = device::init_with(cli.device, cli.compute)?;
     // The MNIST commands (not IF's, whose peak memory bench-if reports against diffusers').
     if matches!(cli.command, Command::Train(_) | Command::TrainClassifier(_) | Command::Sample(_) | Command::Eval(_) | Command::Figures(_) | Command::Bench(_)) {
-        crate::heap::retain_freed_memory(true);
+        crate::heap::retain_freed_memory();
     }
     match cli.command {
         Command::Train(a) => cmd_train(a, &device),

@@ -9,21 +9,17 @@
 //! digits (`dp sample`, 160 forwards a step) took 24.0, 23.1, 19.7 s against 25.2, 25.7, 24.7 s
 //! with glibc's defaults (page faults and munmap had been ~7% of its profile).
 
-/// `true`: serve large blocks from the heap and keep freed memory for reuse instead of giving
-/// it back to the kernel; `false`: glibc's default values again
-/// (fixed ones: its dynamic mmap threshold stays off). glibc on Linux only; elsewhere, or
-/// with `DP_SYSTEM_MALLOC=1` set (A/B runs), nothing changes.
-pub fn retain_freed_memory(on: bool) {
+/// Serve large blocks from the heap and keep freed memory for reuse instead of giving it back
+/// to the kernel, for the rest of the process. glibc on Linux only; elsewhere, or with
+/// `DP_SYSTEM_MALLOC=1` set (A/B runs), nothing changes.
+pub fn retain_freed_memory() {
     if std::env::var_os("DP_SYSTEM_MALLOC").is_some_and(|v| v != "0") {
         return;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters and may be called at any time.
     unsafe {
-        let (mmap_max, trim) = if on { (0, i32::MAX) } else { (65_536, 128 * 1024) };
-        libc::mallopt(libc::M_MMAP_MAX, mmap_max);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, trim);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = on;
 }
