@@ -9,8 +9,11 @@
 //! (wgpu, f16, grouped or dilated convolutions, the browser) goes to burn's own
 //! `Conv2d::forward`. Set `DP_BURN_CONV=1` to force burn's path (for A/B benchmarks).
 
+use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
+
+use crate::activation::gelu;
 
 /// `conv.forward(x)`, through the fast CPU path where it applies.
 ///
@@ -25,6 +28,36 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv.forward(x)
 }
 
+/// `gelu(bn.forward(conv2d(conv, x)))`, the MNIST UNet's Conv layer. In inference on Flex the
+/// BatchNorm's running statistics fold into a per-channel scale and shift that are applied, with
+/// GELU, as each image's output leaves the gemm's buffer: one pass over the output instead of six
+/// (the copy, BatchNorm's four broadcast ops, GELU), which were a sixth of a sampling step.
+///
+/// # Shapes
+/// `[B, cin, H, W] -> [B, cout, H', W']` as `Conv2d::forward`.
+pub fn conv2d_bn_gelu(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(not(target_arch = "wasm32"))]
+    let x = match flex::try_conv2d_bn_gelu(conv, bn, x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    gelu(bn.forward(conv2d(conv, x)))
+}
+
+/// `gelu(bn.forward(x))`, in one pass over `x` in inference on Flex (after the UNet's transposed
+/// convolutions, which stay burn's).
+///
+/// # Shapes
+/// `[B, C, H, W] -> [B, C, H, W]`
+pub fn batch_norm_gelu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(not(target_arch = "wasm32"))]
+    let x = match flex::try_batch_norm_gelu(bn, x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    gelu(bn.forward(x))
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod flex {
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -33,12 +66,15 @@ pub(crate) mod flex {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::flex::FlexTensor;
     use burn::backend::{Autodiff, Flex};
-    use burn::nn::PaddingConfig2d;
     use burn::nn::conv::Conv2d;
+    use burn::nn::{BatchNorm, PaddingConfig2d};
     use burn::tensor::{DType, Tensor, TensorData};
     use gemm::{Parallelism, gemm};
     use rayon::prelude::*;
+    use std::cell::Cell;
     use std::sync::LazyLock;
+
+    use crate::activation::gelu_in_place;
 
     static FORCE_BURN: LazyLock<bool> = LazyLock::new(|| crate::device::env_flag("DP_BURN_CONV"));
 
@@ -92,14 +128,10 @@ pub(crate) mod flex {
         }
     }
 
-    /// The fast path, or `x` back when it does not apply.
-    pub(crate) fn try_conv2d(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
-        if *FORCE_BURN
-            || conv.groups != 1
-            || conv.dilation != [1, 1]
-            || x.dtype() != DType::F32
-        {
-            return Err(x);
+    /// The convolution's sizes, when the fast path applies to it.
+    fn geometry(conv: &Conv2d, x: &Tensor<4>) -> Option<Geom> {
+        if *FORCE_BURN || conv.groups != 1 || conv.dilation != [1, 1] || x.dtype() != DType::F32 {
+            return None;
         }
         let weight = conv.weight.val();
         let [b, cin, h, w] = x.dims();
@@ -107,27 +139,66 @@ pub(crate) mod flex {
         let (pt, pl, pb, pr) = match conv.padding {
             PaddingConfig2d::Valid => (0, 0, 0, 0),
             PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
-            PaddingConfig2d::Same => return Err(x), // none of our models uses it
+            PaddingConfig2d::Same => return None, // none of our models uses it
         };
         let [sh, sw] = conv.stride;
         if wcin != cin || h + pt + pb < kh || w + pl + pr < kw || [b, cin, cout, kh, kw, sh, sw].contains(&0) {
-            return Err(x); // let burn report the mismatch
+            return None; // let burn report the mismatch
         }
-        let g = Geom { b, cin, h, w, cout, kh, kw, sh, sw, pt, pl, oh: (h + pt + pb - kh) / sh + 1, ow: (w + pl + pr - kw) / sw + 1 };
-        let bias = conv.bias.as_ref().map(|b| b.val());
-        if weight.dtype() != DType::F32 || bias.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+        if weight.dtype() != DType::F32 || conv.bias.as_ref().is_some_and(|b| b.val().dtype() != DType::F32) {
+            return None;
+        }
+        Some(Geom { b, cin, h, w, cout, kh, kw, sh, sw, pt, pl, oh: (h + pt + pb - kh) / sh + 1, ow: (w + pl + pr - kw) / sw + 1 })
+    }
+
+    /// A convolution of plain Flex tensors (sampling, evaluation, DeepFloyd): one call, with the
+    /// bias (and what `epilogue` makes of it) applied as the output is written. None when `x`
+    /// or the weights are not plain Flex tensors.
+    fn plain(conv: &Conv2d, g: &Geom, x: &Tensor<4>, epilogue: impl FnOnce(Option<&[f32]>) -> Option<Epilogue>) -> Option<Tensor<4>> {
+        let xp = x.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+        let wp = conv.weight.val().try_into_primitive::<Flex>().ok()?.to_contiguous();
+        let bp = conv.bias.as_ref().map(|b| b.val().try_into_primitive::<Flex>().map(|p| p.to_contiguous())).transpose().ok()?;
+        let ep = epilogue(bp.as_ref().map(f32s))?;
+        let y = forward(g, f32s(&xp), f32s(&wp), &ep);
+        Some(Tensor::from_primitive::<Flex>(flex_tensor(y, [g.b, g.cout, g.oh, g.ow])))
+    }
+
+    /// The fused Conv + BatchNorm (running statistics) + GELU on plain Flex tensors, or `x` back.
+    pub(crate) fn try_conv2d_bn_gelu(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
+        let Some(g) = geometry(conv, &x) else { return Err(x) };
+        plain(conv, &g, &x, |bias| Epilogue::batch_norm(bn, bias, g.cout)).ok_or(x)
+    }
+
+    /// BatchNorm (running statistics) + GELU on a plain Flex tensor in one pass, or `x` back.
+    pub(crate) fn try_batch_norm_gelu(bn: &BatchNorm, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
+        let [_, c, h, w] = x.dims();
+        if *FORCE_BURN || x.dtype() != DType::F32 {
             return Err(x);
         }
-
-        // Plain Flex tensors (sampling, evaluation, DeepFloyd): one call, bias added in the gemm.
-        if let Ok(xp) = x.clone().try_into_primitive::<Flex>() {
-            let (Ok(wp), Ok(bp)) = (weight.clone().try_into_primitive::<Flex>(), bias.clone().map(|b| b.try_into_primitive::<Flex>()).transpose()) else {
-                return Err(x);
-            };
-            let (xp, wp, bp) = (xp.to_contiguous(), wp.to_contiguous(), bp.map(|b| b.to_contiguous()));
-            let y = forward(&g, f32s(&xp), f32s(&wp), bp.as_ref().map(f32s));
-            return Ok(Tensor::from_primitive::<Flex>(flex_tensor(y, [g.b, g.cout, g.oh, g.ow])));
+        let Some(ep) = Epilogue::batch_norm(bn, None, c) else { return Err(x) };
+        // Dropping `x` leaves the primitive's buffer unshared, so it is changed in place.
+        let mut p = match x.clone().try_into_primitive::<Flex>() {
+            Ok(p) => {
+                drop(x);
+                p.to_contiguous()
+            }
+            Err(_) => return Err(x),
+        };
+        if p.as_slice::<f32>().map(<[f32]>::len) != Some(p.storage::<f32>().len()) {
+            return Err(Tensor::from_primitive::<Flex>(p)); // a view into a larger buffer
         }
+        p.storage_mut::<f32>().par_chunks_mut(c * h * w).for_each(|image| ep.image_in_place(image, h * w));
+        Ok(Tensor::from_primitive::<Flex>(p))
+    }
+
+    /// The fast path, or `x` back when it does not apply.
+    pub(crate) fn try_conv2d(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
+        let Some(g) = geometry(conv, &x) else { return Err(x) };
+        if let Some(y) = plain(conv, &g, &x, |bias| Some(Epilogue::bias(bias))) {
+            return Ok(y);
+        }
+        let weight = conv.weight.val();
+        let bias = conv.bias.as_ref().map(|b| b.val());
 
         // Autodiff over Flex (training): the convolution is one tracked op with its own backward;
         // the bias is added after it as an ordinary broadcast add, whose gradient autodiff sums.
@@ -138,7 +209,7 @@ pub(crate) mod flex {
             return Err(x);
         };
         let (xp, wp) = (xa.primitive().to_contiguous(), wa.primitive().to_contiguous());
-        let y = flex_tensor(forward(&g, f32s(&xp), f32s(&wp), None), [g.b, g.cout, g.oh, g.ow]);
+        let y = flex_tensor(forward(&g, f32s(&xp), f32s(&wp), &Epilogue::default()), [g.b, g.cout, g.oh, g.ow]);
         let out = match ConvBackward.prepare::<NoCheckpointing>([xa.node(), wa.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(ConvState { g, x: xp, w: wp }, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
@@ -183,6 +254,89 @@ pub(crate) mod flex {
                 grads.register::<Flex>(node.id, flex_tensor(dw, [g.cout, g.cin, g.kh, g.kw]));
             }
         }
+    }
+
+    /// What happens to output channel c's values as they are written: `act(acc · scale[c] +
+    /// shift[c])`, shift holding the convolution's bias.
+    #[derive(Debug, Default)]
+    struct Epilogue {
+        scale: Option<Vec<f32>>,
+        shift: Option<Vec<f32>>,
+        gelu: bool,
+    }
+
+    impl Epilogue {
+        fn bias(bias: Option<&[f32]>) -> Self {
+            Self { shift: bias.map(<[f32]>::to_vec), ..Self::default() }
+        }
+
+        /// `gelu(((acc + bias) - mean) / sqrt(var + eps) · gamma + beta)` with BatchNorm's running
+        /// statistics, folded into one scale and shift per channel. That rounds differently from
+        /// burn's four ops by a few ulp of the result. None unless every vector is f32 and
+        /// `channels` long.
+        fn batch_norm(bn: &BatchNorm, bias: Option<&[f32]>, channels: usize) -> Option<Self> {
+            let read = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().ok().filter(|v| v.len() == channels);
+            let (gamma, beta) = (read(bn.gamma.val())?, read(bn.beta.val())?);
+            let (mean, var) = (read(bn.running_mean.value())?, read(bn.running_var.value())?);
+            if bias.is_some_and(|b| b.len() != channels) {
+                return None;
+            }
+            let eps = bn.epsilon as f32;
+            let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
+            let shift = (0..channels).map(|c| beta[c] + (bias.map_or(0.0, |b| b[c]) - mean[c]) * scale[c]).collect();
+            Some(Self { scale: Some(scale), shift: Some(shift), gelu: true })
+        }
+
+        /// `dst = src · scale[c] + shift[c]`.
+        #[inline]
+        fn write(&self, c: usize, src: &[f32], dst: &mut [f32]) {
+            let b = self.shift.as_ref().map_or(0.0, |s| s[c]);
+            match &self.scale {
+                Some(s) => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v * s[c] + b),
+                None => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v + b),
+            }
+        }
+
+        /// The whole epilogue on one image `[channels, plane]` in place.
+        fn image_in_place(&self, y: &mut [f32], plane: usize) {
+            if self.scale.is_some() || self.shift.is_some() {
+                for (c, row) in y.chunks_mut(plane).enumerate() {
+                    let b = self.shift.as_ref().map_or(0.0, |s| s[c]);
+                    match &self.scale {
+                        Some(s) => row.iter_mut().for_each(|v| *v = *v * s[c] + b),
+                        None => row.iter_mut().for_each(|v| *v += b),
+                    }
+                }
+            }
+            if self.gelu {
+                gelu_in_place(y);
+            }
+        }
+    }
+
+    thread_local! {
+        static SCRATCH: [Cell<Vec<f32>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
+    }
+
+    /// Buffers up to this many floats (16 MB) stay with their thread for the next image.
+    const SCRATCH_KEEP: usize = 1 << 22;
+
+    /// Runs `f` on this thread's scratch buffer `i`, `len` floats long: all zero when `zeroed`,
+    /// otherwise holding whatever the last user left. Reusing a buffer that is still in cache
+    /// spares the allocation, page faults and zeroing of a fresh one per image (a twentieth of a
+    /// sampling step). The buffer is taken out while in use, so a nested call (rayon may run
+    /// another image's job on this thread while a threaded gemm waits) gets a fresh one.
+    fn with_scratch<R>(i: usize, len: usize, zeroed: bool, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        let mut v = SCRATCH.with(|s| s[i].take());
+        if zeroed {
+            v.clear();
+        }
+        v.resize(len, 0.0);
+        let r = f(&mut v);
+        if v.capacity() <= SCRATCH_KEEP {
+            SCRATCH.with(|s| s[i].set(v));
+        }
+        r
     }
 
     /// One image's column matrix `[cin*kh*kw, oh*ow]`: row (c, i, j) holds input channel c seen
@@ -302,10 +456,15 @@ pub(crate) mod flex {
         /// The image zero-padded to `[cin, hp, wp]`.
         fn pad(&self, sh: &Shifted, x: &[f32]) -> Vec<f32> {
             let mut xp = vec![0f32; self.cin * sh.hp * sh.wp];
+            self.pad_into(sh, x, &mut xp);
+            xp
+        }
+
+        /// Copies the image into `xp`, `[cin, hp, wp]` already zero.
+        fn pad_into(&self, sh: &Shifted, x: &[f32], xp: &mut [f32]) {
             for (r, src) in x.chunks(self.w).enumerate() {
                 xp[self.padded_row(sh, r / self.h, r % self.h)..][..self.w].copy_from_slice(src);
             }
-            xp
         }
 
         /// Weight tap (i, j) as a `[cout, cin]` matrix view: (start, strides).
@@ -313,32 +472,40 @@ pub(crate) mod flex {
             (i * self.kw + j, (self.cin * self.kh * self.kw, self.kh * self.kw))
         }
 
-        /// One image's output `[cout, oh, ow]`.
-        fn forward_image(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+        /// One image's output `[cout, oh, ow]`, the epilogue applied.
+        fn forward_image(&self, x: &[f32], w: &[f32], ep: &Epilogue, y: &mut [f32]) {
             let (k, ohw, threads) = (self.k(), self.ohw(), self.gemm_threads());
-            let Some(sh) = self.shifted() else {
-                let mut cols = vec![0f32; k * ohw];
-                im2col(self, x, &mut cols);
-                if let Some(bias) = bias {
-                    y.chunks_mut(ohw).zip(bias).for_each(|(row, &v)| row.fill(v));
-                }
-                return matmul(self.cout, ohw, k, y, (ohw, 1), bias.is_some(), w, (k, 1), &cols, (ohw, 1), threads);
-            };
-            let xp = self.pad(&sh, x);
-            let plane = sh.hp * sh.wp;
-            let mut wide = vec![0f32; self.cout * self.oh * sh.wp];
-            for i in 0..self.kh {
-                for j in 0..self.kw {
-                    let (start, strides) = self.tap(i, j);
-                    let first = i == 0 && j == 0;
-                    matmul(self.cout, sh.n, self.cin, &mut wide, (self.oh * sh.wp, 1), !first, &w[start..], strides, &xp[i * sh.wp + j..], (plane, 1), threads);
-                }
-            }
-            for co in 0..self.cout {
-                let b = bias.map_or(0.0, |b| b[co]);
-                for oy in 0..self.oh {
-                    let src = &wide[(co * self.oh + oy) * sh.wp..][..self.ow];
-                    y[(co * self.oh + oy) * self.ow..][..self.ow].iter_mut().zip(src).for_each(|(d, s)| *d = s + b);
+            match self.shifted() {
+                None => with_scratch(0, k * ohw, false, |cols| {
+                    im2col(self, x, cols);
+                    matmul(self.cout, ohw, k, y, (ohw, 1), false, w, (k, 1), cols, (ohw, 1), threads);
+                    ep.image_in_place(y, ohw);
+                }),
+                Some(sh) => {
+                    with_scratch(0, self.cin * sh.hp * sh.wp, true, |xp| {
+                        self.pad_into(&sh, x, xp);
+                        let plane = sh.hp * sh.wp;
+                        // Every column the gemms write is first overwritten by tap (0, 0); the
+                        // rest of the buffer is never read.
+                        with_scratch(1, self.cout * self.oh * sh.wp, false, |wide| {
+                            for i in 0..self.kh {
+                                for j in 0..self.kw {
+                                    let (start, strides) = self.tap(i, j);
+                                    let first = i == 0 && j == 0;
+                                    matmul(self.cout, sh.n, self.cin, wide, (self.oh * sh.wp, 1), !first, &w[start..], strides, &xp[i * sh.wp + j..], (plane, 1), threads);
+                                }
+                            }
+                            for co in 0..self.cout {
+                                for oy in 0..self.oh {
+                                    let src = &wide[(co * self.oh + oy) * sh.wp..][..self.ow];
+                                    ep.write(co, src, &mut y[(co * self.oh + oy) * self.ow..][..self.ow]);
+                                }
+                            }
+                        })
+                    });
+                    if ep.gelu {
+                        gelu_in_place(y);
+                    }
                 }
             }
         }
@@ -392,10 +559,10 @@ pub(crate) mod flex {
         }
     }
 
-    /// `y[b] = conv(x[b]) (+ bias)`, `[b, cout, oh, ow]` flattened.
-    fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    /// `y[b] = epilogue(conv(x[b]))`, `[b, cout, oh, ow]` flattened.
+    fn forward(g: &Geom, x: &[f32], w: &[f32], ep: &Epilogue) -> Vec<f32> {
         let mut y = vec![0f32; g.b * g.out_len()];
-        let one = |(n, yb): (usize, &mut [f32])| g.forward_image(&x[n * g.in_len()..][..g.in_len()], w, bias, yb);
+        let one = |(n, yb): (usize, &mut [f32])| g.forward_image(&x[n * g.in_len()..][..g.in_len()], w, ep, yb);
         if g.split_batch() {
             y.par_chunks_mut(g.out_len()).enumerate().for_each(one);
         } else {
@@ -490,6 +657,48 @@ mod tests {
         if let (Some(fb), Some(sb)) = (fb, sb) {
             assert!(max_rel(as4(fb), as4(sb)) < 1e-5, "{case}: bias gradient");
         }
+    }
+
+    /// The fused Conv + BatchNorm + GELU (and BatchNorm + GELU alone) against the unfused layers
+    /// on burn's ops, with running statistics, gamma and beta far from their defaults. The fold
+    /// into one scale and shift rounds differently: within 1e-5 of the largest value.
+    fn check_fused(b: usize, cin: usize, cout: usize, side: usize, stride: usize, bias: bool) {
+        use burn::module::{Param, RunningState};
+        use burn::nn::BatchNormConfig;
+        let device = burn::tensor::Device::flex();
+        let conv: Conv2d = Conv2dConfig::new([cin, cout], [3, 3])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_bias(bias)
+            .init(&device);
+        let mut bn = BatchNormConfig::new(cout).with_epsilon(1e-5).init(&device);
+        let r = |lo: f64, hi: f64| Tensor::<1>::random([cout], Distribution::Uniform(lo, hi), &device);
+        bn.gamma = Param::from_tensor(r(-2.0, 2.0));
+        bn.beta = Param::from_tensor(r(-1.0, 1.0));
+        bn.running_mean = RunningState::new(r(-0.5, 0.5));
+        bn.running_var = RunningState::new(r(0.05, 3.0));
+        let x = Tensor::<4>::random([b, cin, side, side], Distribution::Normal(0.0, 1.0), &device);
+        let case = format!("b{b} {cin}->{cout} {side}x{side} s{stride} bias {bias}");
+
+        let fused = super::flex::try_conv2d_bn_gelu(&conv, &bn, x.clone()).expect("the fused path must apply");
+        let unfused = burn::tensor::activation::gelu(bn.forward(conv.forward(x.clone())));
+        assert_eq!(fused.dims(), unfused.dims(), "{case}");
+        assert!(max_rel(fused, unfused.clone()) < 1e-5, "{case}: conv + bn + gelu");
+
+        let y = conv.forward(x);
+        let unfused = burn::tensor::activation::gelu(bn.forward(y.clone()));
+        let kept = y.clone(); // a shared buffer must not be changed in place
+        let fused = super::flex::try_batch_norm_gelu(&bn, y.clone()).expect("the fused path must apply");
+        assert!(max_rel(fused, unfused) < 1e-5, "{case}: bn + gelu");
+        assert_eq!(kept.into_data(), y.into_data(), "{case}: input left alone");
+    }
+
+    #[test]
+    fn fused_conv_batch_norm_gelu_matches_burns_layers() {
+        check_fused(3, 4, 5, 9, 1, true); // Conv, items in parallel (shifted windows)
+        check_fused(1, 4, 5, 9, 1, false); // one item: threaded gemm
+        check_fused(3, 4, 6, 9, 2, true); // DownConv (im2col)
+        check_fused(2, 3, 4, 7, 2, false);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use crate::activation::gelu;
-use crate::conv::conv2d;
+use crate::conv::{batch_norm_gelu, conv2d, conv2d_bn_gelu};
 
 use crate::mnist::CLASSES;
 
@@ -60,7 +60,7 @@ impl Conv {
     /// # Shapes
     /// `[B, cin, H, W] -> [B, cout, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        gelu(self.bn.forward(conv2d(&self.conv, x)))
+        conv2d_bn_gelu(&self.conv, &self.bn, x)
     }
 }
 
@@ -84,7 +84,7 @@ impl ConvUp {
     /// # Shapes
     /// UpConv `[B, cin, H, W] -> [B, cout, 2H, 2W]`; Unflatten `[B, cin, 1, 1] -> [B, cout, 7, 7]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        gelu(self.bn.forward(self.conv.forward(x)))
+        batch_norm_gelu(&self.bn, self.conv.forward(x))
     }
 }
 
