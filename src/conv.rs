@@ -10,7 +10,7 @@
 //! `Conv2d::forward`. Set `DP_BURN_CONV=1` to force burn's path (for A/B benchmarks).
 
 use burn::nn::BatchNorm;
-use burn::nn::conv::Conv2d;
+use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::tensor::Tensor;
 
 use crate::activation::gelu;
@@ -28,34 +28,50 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv.forward(x)
 }
 
-/// `gelu(bn.forward(conv2d(conv, x)))`, the MNIST UNet's Conv layer. In inference on Flex the
-/// BatchNorm's running statistics fold into a per-channel scale and shift that are applied, with
-/// GELU, as each image's output leaves the gemm's buffer: one pass over the output instead of six
-/// (the copy, BatchNorm's four broadcast ops, GELU), which were a sixth of a sampling step.
+/// `gelu(bn.forward(conv2d(conv, cat(xs, 1))))`, the MNIST UNet's Conv layer on its inputs
+/// concatenated along channels. In inference on Flex the concatenation is never built (each
+/// image's parts are copied straight into the padded image the gemms read), and the BatchNorm's
+/// running statistics fold into a per-channel scale and shift that are applied, with GELU, as
+/// each image's output leaves the gemm's buffer: one pass over the output instead of six (the
+/// copy, BatchNorm's four broadcast ops, GELU), which were a sixth of a sampling step.
 ///
 /// # Shapes
-/// `[B, cin, H, W] -> [B, cout, H', W']` as `Conv2d::forward`.
-pub fn conv2d_bn_gelu(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+/// `xs`: `[B, c_i, H, W]` each, `Σ c_i = cin` -> `[B, cout, H', W']` as `Conv2d::forward`.
+pub fn conv2d_bn_gelu(conv: &Conv2d, bn: &BatchNorm, xs: Vec<Tensor<4>>) -> Tensor<4> {
     #[cfg(not(target_arch = "wasm32"))]
-    let x = match flex::try_conv2d_bn_gelu(conv, bn, x) {
+    let xs = match flex::try_conv2d_bn_gelu(conv, bn, xs) {
         Ok(y) => return y,
-        Err(x) => x,
+        Err(xs) => xs,
     };
-    gelu(bn.forward(conv2d(conv, x)))
+    gelu(bn.forward(conv2d(conv, cat(xs))))
 }
 
-/// `gelu(bn.forward(x))`, in one pass over `x` in inference on Flex (after the UNet's transposed
-/// convolutions, which stay burn's).
+/// `gelu(bn.forward(conv.forward(cat(xs, 1))))` for a transposed convolution: in inference on
+/// Flex, when the kernel is a multiple of the stride with at most 4 output phases (the UNet's
+/// UpConv, k4 s2 p1), it runs as one stride-1 convolution per output phase on gemms, with the
+/// same fused concatenation and epilogue as `conv2d_bn_gelu` (burn's direct loops were a twentieth
+/// of a sampling step); otherwise burn's transposed convolution, then BatchNorm and GELU in one
+/// pass.
 ///
 /// # Shapes
-/// `[B, C, H, W] -> [B, C, H, W]`
-pub fn batch_norm_gelu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+/// `xs`: `[B, c_i, H, W]` each, `Σ c_i = cin` -> `[B, cout, H', W']` as `ConvTranspose2d::forward`.
+pub fn conv_transpose2d_bn_gelu(conv: &ConvTranspose2d, bn: &BatchNorm, xs: Vec<Tensor<4>>) -> Tensor<4> {
     #[cfg(not(target_arch = "wasm32"))]
-    let x = match flex::try_batch_norm_gelu(bn, x) {
+    let xs = match flex::try_conv_transpose2d_bn_gelu(conv, bn, xs) {
         Ok(y) => return y,
-        Err(x) => x,
+        Err(xs) => xs,
     };
-    gelu(bn.forward(x))
+    let y = conv.forward(cat(xs));
+    #[cfg(not(target_arch = "wasm32"))]
+    let y = match flex::try_batch_norm_gelu(bn, y) {
+        Ok(y) => return y,
+        Err(y) => y,
+    };
+    gelu(bn.forward(y))
+}
+
+fn cat(mut xs: Vec<Tensor<4>>) -> Tensor<4> {
+    if xs.len() == 1 { xs.pop().expect("one tensor") } else { Tensor::cat(xs, 1) }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -66,7 +82,7 @@ pub(crate) mod flex {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::flex::FlexTensor;
     use burn::backend::{Autodiff, Flex};
-    use burn::nn::conv::Conv2d;
+    use burn::nn::conv::{Conv2d, ConvTranspose2d};
     use burn::nn::{BatchNorm, PaddingConfig2d};
     use burn::tensor::{DType, Tensor, TensorData};
     use gemm::{Parallelism, gemm};
@@ -128,13 +144,12 @@ pub(crate) mod flex {
         }
     }
 
-    /// The convolution's sizes, when the fast path applies to it.
-    fn geometry(conv: &Conv2d, x: &Tensor<4>) -> Option<Geom> {
-        if *FORCE_BURN || conv.groups != 1 || conv.dilation != [1, 1] || x.dtype() != DType::F32 {
+    /// The convolution's sizes for an input `[b, cin, h, w]`, when the fast path applies to it.
+    fn geometry(conv: &Conv2d, [b, cin, h, w]: [usize; 4]) -> Option<Geom> {
+        if *FORCE_BURN || conv.groups != 1 || conv.dilation != [1, 1] {
             return None;
         }
         let weight = conv.weight.val();
-        let [b, cin, h, w] = x.dims();
         let [cout, wcin, kh, kw] = weight.dims();
         let (pt, pl, pb, pr) = match conv.padding {
             PaddingConfig2d::Valid => (0, 0, 0, 0),
@@ -151,22 +166,186 @@ pub(crate) mod flex {
         Some(Geom { b, cin, h, w, cout, kh, kw, sh, sw, pt, pl, oh: (h + pt + pb - kh) / sh + 1, ow: (w + pl + pr - kw) / sw + 1 })
     }
 
+    /// Plain (not autodiff) f32 Flex tensors of one batch and side, read as one tensor
+    /// concatenated along channels, `dims` = `[b, Σc, h, w]`.
+    struct Sources {
+        parts: Vec<FlexTensor>,
+        dims: [usize; 4],
+    }
+
+    impl Sources {
+        fn new(xs: &[Tensor<4>]) -> Option<Self> {
+            let [b, _, h, w] = xs.first()?.dims();
+            let mut parts = Vec::with_capacity(xs.len());
+            let mut cin = 0;
+            for x in xs {
+                let [xb, c, xh, xw] = x.dims();
+                if [xb, xh, xw] != [b, h, w] || x.dtype() != DType::F32 {
+                    return None;
+                }
+                cin += c;
+                parts.push(x.clone().try_into_primitive::<Flex>().ok()?.to_contiguous());
+            }
+            Some(Self { parts, dims: [b, cin, h, w] })
+        }
+
+        /// Each part's whole-batch slice.
+        fn slices(&self) -> Vec<&[f32]> {
+            self.parts.iter().map(f32s).collect()
+        }
+    }
+
+    /// Image `n`'s slice of each part (all parts hold `b` images).
+    fn image_parts<'a>(parts: &[&'a [f32]], b: usize, n: usize) -> Vec<&'a [f32]> {
+        parts.iter().map(|p| &p[n * (p.len() / b)..][..p.len() / b]).collect()
+    }
+
     /// A convolution of plain Flex tensors (sampling, evaluation, DeepFloyd): one call, with the
-    /// bias (and what `epilogue` makes of it) applied as the output is written. None when `x`
-    /// or the weights are not plain Flex tensors.
-    fn plain(conv: &Conv2d, g: &Geom, x: &Tensor<4>, epilogue: impl FnOnce(Option<&[f32]>) -> Option<Epilogue>) -> Option<Tensor<4>> {
-        let xp = x.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+    /// bias (and what `epilogue` makes of it) applied as the output is written. None when the
+    /// inputs or the weights are not plain Flex tensors.
+    fn plain(conv: &Conv2d, xs: &[Tensor<4>], epilogue: impl FnOnce(&Geom, Option<&[f32]>) -> Option<Epilogue>) -> Option<Tensor<4>> {
+        let src = Sources::new(xs)?;
+        let g = geometry(conv, src.dims)?;
         let wp = conv.weight.val().try_into_primitive::<Flex>().ok()?.to_contiguous();
         let bp = conv.bias.as_ref().map(|b| b.val().try_into_primitive::<Flex>().map(|p| p.to_contiguous())).transpose().ok()?;
-        let ep = epilogue(bp.as_ref().map(f32s))?;
-        let y = forward(g, f32s(&xp), f32s(&wp), &ep);
+        let ep = epilogue(&g, bp.as_ref().map(f32s))?;
+        let y = forward(&g, &src.slices(), f32s(&wp), &ep);
         Some(Tensor::from_primitive::<Flex>(flex_tensor(y, [g.b, g.cout, g.oh, g.ow])))
     }
 
-    /// The fused Conv + BatchNorm (running statistics) + GELU on plain Flex tensors, or `x` back.
-    pub(crate) fn try_conv2d_bn_gelu(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
-        let Some(g) = geometry(conv, &x) else { return Err(x) };
-        plain(conv, &g, &x, |bias| Epilogue::batch_norm(bn, bias, g.cout)).ok_or(x)
+    /// The fused concatenation + Conv + BatchNorm (running statistics) + GELU on plain Flex
+    /// tensors, or `xs` back.
+    pub(crate) fn try_conv2d_bn_gelu(conv: &Conv2d, bn: &BatchNorm, xs: Vec<Tensor<4>>) -> Result<Tensor<4>, Vec<Tensor<4>>> {
+        plain(conv, &xs, |g, bias| Epilogue::batch_norm(bn, bias, g.cout)).ok_or(xs)
+    }
+
+    /// A transposed convolution `[b, cin, h, w] -> [b, cout, oh, ow]` with weight `[cin, cout,
+    /// kh, kw]`: output pixel o gets input y through tap i where `o = s·y + i - p`. Sorting the
+    /// outputs by phase `r = (o + p) mod s` and writing `o = s·q + r - p`, phase r is a stride-1
+    /// correlation over q with the taps `i = r + s·t` reading input `q - t`, `t < kh/s`: on the
+    /// input padded by `kh/s - 1` on every side that is the shifted-window gemm of stride-1
+    /// convolutions (one per tap, `[cout, cin]` times `[cin, pixels]`), and the phase's outputs are
+    /// written back every s-th pixel.
+    #[derive(Clone, Copy, Debug)]
+    struct UpGeom {
+        b: usize,
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        kh: usize,
+        kw: usize,
+        sh: usize,
+        sw: usize,
+        ph: usize,
+        pw: usize,
+        oh: usize,
+        ow: usize,
+    }
+
+    impl UpGeom {
+        fn new(conv: &ConvTranspose2d, [b, cin, h, w]: [usize; 4]) -> Option<Self> {
+            let weight = conv.weight.val();
+            let [wcin, cout, kh, kw] = weight.dims();
+            let ([sh, sw], [ph, pw]) = (conv.stride, conv.padding);
+            let applies = !*FORCE_BURN
+                && conv.groups == 1
+                && conv.dilation == [1, 1]
+                && conv.padding_out == [0, 0]
+                && wcin == cin
+                && ![b, cin, cout, h, w, sh, sw].contains(&0)
+                && kh % sh == 0
+                && kw % sw == 0
+                && sh * sw <= 4 // more phases (the 1x1 -> 7x7 Unflatten) make gemms too thin
+                && (h - 1) * sh + kh > 2 * ph
+                && (w - 1) * sw + kw > 2 * pw
+                && weight.dtype() == DType::F32
+                && conv.bias.as_ref().is_none_or(|b| b.val().dtype() == DType::F32);
+            applies.then(|| Self { b, cin, h, w, cout, kh, kw, sh, sw, ph, pw, oh: (h - 1) * sh + kh - 2 * ph, ow: (w - 1) * sw + kw - 2 * pw })
+        }
+
+        /// Taps per phase along each side, `k / s`; the input is padded by one less.
+        fn taps(&self) -> (usize, usize) {
+            (self.kh / self.sh, self.kw / self.sw)
+        }
+
+        /// The padded input's sides.
+        fn padded(&self) -> (usize, usize) {
+            let (ty, tx) = self.taps();
+            (self.h + 2 * (ty - 1), self.w + 2 * (tx - 1))
+        }
+
+        /// The q of phase r whose output `s·q + r - p` lies in `0..out`: `lo..hi`.
+        fn span(r: usize, s: usize, p: usize, out: usize) -> (usize, usize) {
+            let lo = if p > r { (p - r).div_ceil(s) } else { 0 };
+            let hi = if out + p > r { (out - 1 + p - r) / s + 1 } else { 0 };
+            (lo, hi.max(lo))
+        }
+
+        /// One image's output `[cout, oh, ow]` from its parts along channels, the epilogue applied.
+        fn forward_image(&self, parts: &[&[f32]], w: &[f32], ep: &Epilogue, y: &mut [f32]) {
+            let (ty, tx) = self.taps();
+            let (hp, wp) = self.padded();
+            let plane = hp * wp;
+            let threads = if self.b >= rayon::current_num_threads() { Parallelism::None } else { Parallelism::Rayon(0) };
+            // Weight tap (i, j) as a `[cout, cin]` matrix: (start, (row, column) strides).
+            let tap = |i: usize, j: usize| (i * self.kw + j, (self.kh * self.kw, self.cout * self.kh * self.kw));
+            with_scratch(0, self.cin * plane, true, |xp| {
+                for (r, src) in parts.iter().flat_map(|p| p.chunks(self.w)).enumerate() {
+                    let (c, row) = (r / self.h, r % self.h);
+                    xp[(c * hp + row + ty - 1) * wp + tx - 1..][..self.w].copy_from_slice(src);
+                }
+                with_scratch(1, self.cout * plane, false, |wide| {
+                    for ry in 0..self.sh {
+                        let (qy0, qy1) = Self::span(ry, self.sh, self.ph, self.oh);
+                        for rx in 0..self.sw {
+                            let (qx0, qx1) = Self::span(rx, self.sw, self.pw, self.ow);
+                            if qy0 == qy1 || qx0 == qx1 {
+                                continue;
+                            }
+                            // Phase pixel (qy, qx) lands at wide[co, (qy - qy0)·wp + qx - qx0].
+                            let n = (qy1 - qy0 - 1) * wp + qx1 - qx0;
+                            for t in 0..ty {
+                                for u in 0..tx {
+                                    let (start, strides) = tap(ry + self.sh * t, rx + self.sw * u);
+                                    let at = (qy0 + ty - 1 - t) * wp + qx0 + tx - 1 - u;
+                                    matmul(self.cout, n, self.cin, wide, (plane, 1), t + u > 0, &w[start..], strides, &xp[at..], (plane, 1), threads);
+                                }
+                            }
+                            for co in 0..self.cout {
+                                for qy in qy0..qy1 {
+                                    let src = &wide[co * plane + (qy - qy0) * wp..][..qx1 - qx0];
+                                    let oy = self.sh * qy + ry - self.ph;
+                                    let dst = &mut y[(co * self.oh + oy) * self.ow..][..self.ow];
+                                    let first = self.sw * qx0 + rx - self.pw;
+                                    ep.write_strided(co, src, &mut dst[first..], self.sw);
+                                }
+                            }
+                        }
+                    }
+                })
+            });
+            if ep.gelu {
+                gelu_in_place(y);
+            }
+        }
+    }
+
+    /// The fused concatenation + transposed convolution + BatchNorm (running statistics) + GELU
+    /// on plain Flex tensors, or `xs` back.
+    pub(crate) fn try_conv_transpose2d_bn_gelu(conv: &ConvTranspose2d, bn: &BatchNorm, xs: Vec<Tensor<4>>) -> Result<Tensor<4>, Vec<Tensor<4>>> {
+        let run = || {
+            let src = Sources::new(&xs)?;
+            let g = UpGeom::new(conv, src.dims)?;
+            let wp = conv.weight.val().try_into_primitive::<Flex>().ok()?.to_contiguous();
+            let bp = conv.bias.as_ref().map(|b| b.val().try_into_primitive::<Flex>().map(|p| p.to_contiguous())).transpose().ok()?;
+            let ep = Epilogue::batch_norm(bn, bp.as_ref().map(f32s), g.cout)?;
+            let parts = src.slices();
+            let parallel = g.b >= rayon::current_num_threads();
+            let y = per_image(g.b, g.cout * g.oh * g.ow, parallel, |n, yb| g.forward_image(&image_parts(&parts, g.b, n), f32s(&wp), &ep, yb));
+            Some(Tensor::from_primitive::<Flex>(flex_tensor(y, [g.b, g.cout, g.oh, g.ow])))
+        };
+        run().ok_or(xs)
     }
 
     /// BatchNorm (running statistics) + GELU on a plain Flex tensor in one pass, or `x` back.
@@ -193,10 +372,15 @@ pub(crate) mod flex {
 
     /// The fast path, or `x` back when it does not apply.
     pub(crate) fn try_conv2d(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
-        let Some(g) = geometry(conv, &x) else { return Err(x) };
-        if let Some(y) = plain(conv, &g, &x, |bias| Some(Epilogue::bias(bias))) {
+        if x.dtype() != DType::F32 {
+            return Err(x);
+        }
+        let xs = [x];
+        if let Some(y) = plain(conv, &xs, |_, bias| Some(Epilogue::bias(bias))) {
             return Ok(y);
         }
+        let [x] = xs;
+        let Some(g) = geometry(conv, x.dims()) else { return Err(x) };
         let weight = conv.weight.val();
         let bias = conv.bias.as_ref().map(|b| b.val());
 
@@ -209,7 +393,7 @@ pub(crate) mod flex {
             return Err(x);
         };
         let (xp, wp) = (xa.primitive().to_contiguous(), wa.primitive().to_contiguous());
-        let y = flex_tensor(forward(&g, f32s(&xp), f32s(&wp), &Epilogue::default()), [g.b, g.cout, g.oh, g.ow]);
+        let y = flex_tensor(forward(&g, &[f32s(&xp)], f32s(&wp), &Epilogue::default()), [g.b, g.cout, g.oh, g.ow]);
         let out = match ConvBackward.prepare::<NoCheckpointing>([xa.node(), wa.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(ConvState { g, x: xp, w: wp }, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
@@ -295,6 +479,13 @@ pub(crate) mod flex {
                 Some(s) => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v * s[c] + b),
                 None => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v + b),
             }
+        }
+
+        /// `dst[k·step] = src[k] · scale[c] + shift[c]`.
+        #[inline]
+        fn write_strided(&self, c: usize, src: &[f32], dst: &mut [f32], step: usize) {
+            let (s, b) = (self.scale.as_ref().map_or(1.0, |s| s[c]), self.shift.as_ref().map_or(0.0, |s| s[c]));
+            dst.iter_mut().step_by(step).zip(src).for_each(|(d, v)| *d = v * s + b);
         }
 
         /// The whole epilogue on one image `[channels, plane]` in place.
@@ -456,13 +647,13 @@ pub(crate) mod flex {
         /// The image zero-padded to `[cin, hp, wp]`.
         fn pad(&self, sh: &Shifted, x: &[f32]) -> Vec<f32> {
             let mut xp = vec![0f32; self.cin * sh.hp * sh.wp];
-            self.pad_into(sh, x, &mut xp);
+            self.pad_into(sh, &[x], &mut xp);
             xp
         }
 
-        /// Copies the image into `xp`, `[cin, hp, wp]` already zero.
-        fn pad_into(&self, sh: &Shifted, x: &[f32], xp: &mut [f32]) {
-            for (r, src) in x.chunks(self.w).enumerate() {
+        /// Copies the image, given as parts along channels, into `xp`, `[cin, hp, wp]` already zero.
+        fn pad_into(&self, sh: &Shifted, parts: &[&[f32]], xp: &mut [f32]) {
+            for (r, src) in parts.iter().flat_map(|p| p.chunks(self.w)).enumerate() {
                 xp[self.padded_row(sh, r / self.h, r % self.h)..][..self.w].copy_from_slice(src);
             }
         }
@@ -472,18 +663,21 @@ pub(crate) mod flex {
             (i * self.kw + j, (self.cin * self.kh * self.kw, self.kh * self.kw))
         }
 
-        /// One image's output `[cout, oh, ow]`, the epilogue applied.
-        fn forward_image(&self, x: &[f32], w: &[f32], ep: &Epilogue, y: &mut [f32]) {
+        /// One image's output `[cout, oh, ow]` from its parts along channels, the epilogue applied.
+        fn forward_image(&self, parts: &[&[f32]], w: &[f32], ep: &Epilogue, y: &mut [f32]) {
             let (k, ohw, threads) = (self.k(), self.ohw(), self.gemm_threads());
             match self.shifted() {
                 None => with_scratch(0, k * ohw, false, |cols| {
-                    im2col(self, x, cols);
+                    match parts {
+                        [x] => im2col(self, x, cols),
+                        _ => im2col(self, &parts.concat(), cols),
+                    }
                     matmul(self.cout, ohw, k, y, (ohw, 1), false, w, (k, 1), cols, (ohw, 1), threads);
                     ep.image_in_place(y, ohw);
                 }),
                 Some(sh) => {
                     with_scratch(0, self.cin * sh.hp * sh.wp, true, |xp| {
-                        self.pad_into(&sh, x, xp);
+                        self.pad_into(&sh, parts, xp);
                         let plane = sh.hp * sh.wp;
                         // Every column the gemms write is first overwritten by tap (0, 0); the
                         // rest of the buffer is never read.
@@ -559,15 +753,33 @@ pub(crate) mod flex {
         }
     }
 
-    /// `y[b] = epilogue(conv(x[b]))`, `[b, cout, oh, ow]` flattened.
-    fn forward(g: &Geom, x: &[f32], w: &[f32], ep: &Epilogue) -> Vec<f32> {
-        let mut y = vec![0f32; g.b * g.out_len()];
-        let one = |(n, yb): (usize, &mut [f32])| g.forward_image(&x[n * g.in_len()..][..g.in_len()], w, ep, yb);
-        if g.split_batch() {
-            y.par_chunks_mut(g.out_len()).enumerate().for_each(one);
+    /// `y[b] = epilogue(conv(x[b]))`, `[b, cout, oh, ow]` flattened; `x` given as parts along
+    /// channels, each `[b, c_i, h, w]`.
+    fn forward(g: &Geom, x: &[&[f32]], w: &[f32], ep: &Epilogue) -> Vec<f32> {
+        per_image(g.b, g.out_len(), g.split_batch(), |n, yb| g.forward_image(&image_parts(x, g.b, n), w, ep, yb))
+    }
+
+    /// `b` images of `len` floats, image n written by `f(n, image)`, in parallel when `parallel`.
+    /// Each image is zeroed by the thread that computes it, just before, while it is in cache:
+    /// `vec![0; b * len]` zeroed the whole output (32 MB for a UNet layer at batch 160) on one
+    /// thread first, a thirtieth of a sampling step.
+    fn per_image(b: usize, len: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let mut y: Vec<f32> = Vec::with_capacity(b * len);
+        let one = |(n, image): (usize, &mut [std::mem::MaybeUninit<f32>])| {
+            image.fill(std::mem::MaybeUninit::new(0.0));
+            // SAFETY: every element was initialised just above, and MaybeUninit<f32> has the
+            // layout of f32.
+            f(n, unsafe { &mut *(image as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) })
+        };
+        let images = &mut y.spare_capacity_mut()[..b * len];
+        if parallel {
+            images.par_chunks_mut(len.max(1)).enumerate().for_each(one);
         } else {
-            y.chunks_mut(g.out_len()).enumerate().for_each(one);
+            images.chunks_mut(len.max(1)).enumerate().for_each(one);
         }
+        // SAFETY: `one` initialised every chunk of the first b * len elements (a panic in `f`
+        // unwinds past this line, leaving the vector empty).
+        unsafe { y.set_len(b * len) };
         y
     }
 
@@ -659,28 +871,40 @@ mod tests {
         }
     }
 
-    /// The fused Conv + BatchNorm + GELU (and BatchNorm + GELU alone) against the unfused layers
-    /// on burn's ops, with running statistics, gamma and beta far from their defaults. The fold
-    /// into one scale and shift rounds differently: within 1e-5 of the largest value.
-    fn check_fused(b: usize, cin: usize, cout: usize, side: usize, stride: usize, bias: bool) {
+    /// A BatchNorm with running statistics, gamma and beta far from their defaults.
+    fn batch_norm(channels: usize, device: &burn::tensor::Device) -> burn::nn::BatchNorm {
         use burn::module::{Param, RunningState};
-        use burn::nn::BatchNormConfig;
+        let r = |lo: f64, hi: f64| Tensor::<1>::random([channels], Distribution::Uniform(lo, hi), device);
+        let mut bn = burn::nn::BatchNormConfig::new(channels).with_epsilon(1e-5).init(device);
+        bn.gamma = Param::from_tensor(r(-2.0, 2.0));
+        bn.beta = Param::from_tensor(r(-1.0, 1.0));
+        bn.running_mean = RunningState::new(r(-0.5, 0.5));
+        bn.running_var = RunningState::new(r(0.05, 3.0));
+        bn
+    }
+
+    /// Inputs `[b, c_i, side, side]` and their concatenation along channels.
+    fn parts(b: usize, channels: &[usize], [h, w]: [usize; 2], device: &burn::tensor::Device) -> (Vec<Tensor<4>>, Tensor<4>) {
+        let xs: Vec<Tensor<4>> = channels.iter().map(|&c| Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), device)).collect();
+        (xs.clone(), Tensor::cat(xs, 1))
+    }
+
+    /// The fused (concatenation +) Conv + BatchNorm + GELU, and BatchNorm + GELU alone, against
+    /// the unfused layers on burn's ops. The fold of BatchNorm into one scale and shift rounds
+    /// differently: within 1e-5 of the largest value.
+    fn check_fused(b: usize, cins: &[usize], cout: usize, side: usize, stride: usize, bias: bool) {
         let device = burn::tensor::Device::flex();
+        let cin = cins.iter().sum();
         let conv: Conv2d = Conv2dConfig::new([cin, cout], [3, 3])
             .with_stride([stride, stride])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .with_bias(bias)
             .init(&device);
-        let mut bn = BatchNormConfig::new(cout).with_epsilon(1e-5).init(&device);
-        let r = |lo: f64, hi: f64| Tensor::<1>::random([cout], Distribution::Uniform(lo, hi), &device);
-        bn.gamma = Param::from_tensor(r(-2.0, 2.0));
-        bn.beta = Param::from_tensor(r(-1.0, 1.0));
-        bn.running_mean = RunningState::new(r(-0.5, 0.5));
-        bn.running_var = RunningState::new(r(0.05, 3.0));
-        let x = Tensor::<4>::random([b, cin, side, side], Distribution::Normal(0.0, 1.0), &device);
-        let case = format!("b{b} {cin}->{cout} {side}x{side} s{stride} bias {bias}");
+        let bn = batch_norm(cout, &device);
+        let (xs, x) = parts(b, cins, [side, side], &device);
+        let case = format!("b{b} {cins:?}->{cout} {side}x{side} s{stride} bias {bias}");
 
-        let fused = super::flex::try_conv2d_bn_gelu(&conv, &bn, x.clone()).expect("the fused path must apply");
+        let fused = super::flex::try_conv2d_bn_gelu(&conv, &bn, xs).expect("the fused path must apply");
         let unfused = burn::tensor::activation::gelu(bn.forward(conv.forward(x.clone())));
         assert_eq!(fused.dims(), unfused.dims(), "{case}");
         assert!(max_rel(fused, unfused.clone()) < 1e-5, "{case}: conv + bn + gelu");
@@ -695,10 +919,52 @@ mod tests {
 
     #[test]
     fn fused_conv_batch_norm_gelu_matches_burns_layers() {
-        check_fused(3, 4, 5, 9, 1, true); // Conv, items in parallel (shifted windows)
-        check_fused(1, 4, 5, 9, 1, false); // one item: threaded gemm
-        check_fused(3, 4, 6, 9, 2, true); // DownConv (im2col)
-        check_fused(2, 3, 4, 7, 2, false);
+        check_fused(3, &[4], 5, 9, 1, true); // Conv, items in parallel (shifted windows)
+        check_fused(1, &[4], 5, 9, 1, false); // one item: threaded gemm
+        check_fused(3, &[2, 3], 5, 8, 1, true); // the skip connection's concatenation
+        check_fused(3, &[4], 6, 9, 2, true); // DownConv (im2col)
+        check_fused(2, &[1, 2], 4, 7, 2, false); // concatenated, im2col
+    }
+
+    /// The transposed convolution on per-phase gemms (+ BatchNorm + GELU) against burn's
+    /// `ConvTranspose2d`, BatchNorm and GELU: within 1e-5 of the largest value.
+    fn check_up(b: usize, cins: &[usize], cout: usize, [h, w]: [usize; 2], k: usize, stride: usize, pad: usize, bias: bool) {
+        use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
+        let device = burn::tensor::Device::flex();
+        let cin = cins.iter().sum();
+        let conv: ConvTranspose2d = ConvTranspose2dConfig::new([cin, cout], [k, k]).with_stride([stride, stride]).with_padding([pad, pad]).with_bias(bias).init(&device);
+        let bn = batch_norm(cout, &device);
+        let (xs, x) = parts(b, cins, [h, w], &device);
+        let case = format!("b{b} {cins:?}->{cout} {h}x{w} k{k} s{stride} p{pad} bias {bias}");
+        let unfused = burn::tensor::activation::gelu(bn.forward(conv.forward(x)));
+        let fused = super::flex::try_conv_transpose2d_bn_gelu(&conv, &bn, xs.clone()).expect("the fast path must apply");
+        assert_eq!(fused.dims(), unfused.dims(), "{case}");
+        assert!(max_rel(fused, unfused.clone()) < 1e-5, "{case}");
+        let public = super::conv_transpose2d_bn_gelu(&conv, &bn, xs);
+        assert!(max_rel(public, unfused) < 1e-5, "{case}: public function");
+    }
+
+    #[test]
+    fn transposed_conv_on_phases_matches_burn() {
+        check_up(3, &[4], 5, [7, 7], 4, 2, 1, true); // UpConv, items in parallel
+        check_up(1, &[3, 2], 4, [6, 5], 4, 2, 1, false); // concatenated, one item, not square
+        check_up(2, &[3], 2, [5, 5], 2, 2, 0, true); // one tap per phase
+        check_up(2, &[2], 3, [4, 6], 4, 2, 0, true); // no padding: a wider output
+        check_up(2, &[2], 3, [5, 4], 4, 2, 3, true); // padding past a tap
+        check_up(2, &[3], 3, [6, 6], 3, 1, 1, true); // stride 1: one phase
+        check_up(2, &[2], 3, [1, 1], 4, 2, 1, false); // a single input pixel
+    }
+
+    #[test]
+    fn unflatten_stays_on_burns_transposed_conv() {
+        use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
+        let device = burn::tensor::Device::flex();
+        let conv: ConvTranspose2d = ConvTranspose2dConfig::new([4, 4], [7, 7]).with_stride([7, 7]).init(&device);
+        let bn = batch_norm(4, &device);
+        let x = Tensor::<4>::random([2, 4, 1, 1], Distribution::Normal(0.0, 1.0), &device);
+        assert!(super::flex::try_conv_transpose2d_bn_gelu(&conv, &bn, vec![x.clone()]).is_err(), "49 phases: burn's path");
+        let unfused = burn::tensor::activation::gelu(bn.forward(conv.forward(x.clone())));
+        assert!(max_rel(super::conv_transpose2d_bn_gelu(&conv, &bn, vec![x]), unfused) < 1e-5);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use crate::activation::gelu;
-use crate::conv::{batch_norm_gelu, conv2d, conv2d_bn_gelu};
+use crate::conv::{conv2d, conv2d_bn_gelu, conv_transpose2d_bn_gelu};
 
 use crate::mnist::CLASSES;
 
@@ -60,7 +60,15 @@ impl Conv {
     /// # Shapes
     /// `[B, cin, H, W] -> [B, cout, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d_bn_gelu(&self.conv, &self.bn, x)
+        self.forward_cat(vec![x])
+    }
+
+    /// `forward(cat(xs, 1))`; on the CPU the concatenation is never built.
+    ///
+    /// # Shapes
+    /// `xs`: `[B, c_i, H, W]` with `Σ c_i = cin` -> `[B, cout, H/stride, W/stride]`
+    pub fn forward_cat(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
+        conv2d_bn_gelu(&self.conv, &self.bn, xs)
     }
 }
 
@@ -84,7 +92,15 @@ impl ConvUp {
     /// # Shapes
     /// UpConv `[B, cin, H, W] -> [B, cout, 2H, 2W]`; Unflatten `[B, cin, 1, 1] -> [B, cout, 7, 7]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        batch_norm_gelu(&self.bn, self.conv.forward(x))
+        self.forward_cat(vec![x])
+    }
+
+    /// `forward(cat(xs, 1))`; on the CPU the concatenation is never built.
+    ///
+    /// # Shapes
+    /// `xs`: `[B, c_i, H, W]` with `Σ c_i = cin` -> as `forward`
+    pub fn forward_cat(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
+        conv_transpose2d_bn_gelu(&self.conv, &self.bn, xs)
     }
 }
 
@@ -103,7 +119,15 @@ impl ConvBlock {
     /// # Shapes
     /// `[B, cin, H, W] -> [B, cout, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv2.forward(self.conv1.forward(x))
+        self.forward_cat(vec![x])
+    }
+
+    /// `forward(cat(xs, 1))`, the skip connection's concatenation fused where it can be.
+    ///
+    /// # Shapes
+    /// `xs`: `[B, c_i, H, W]` with `Σ c_i = cin` -> `[B, cout, H, W]`
+    pub fn forward_cat(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
+        self.conv2.forward(self.conv1.forward_cat(xs))
     }
 }
 
@@ -141,7 +165,15 @@ impl UpBlock {
     /// # Shapes
     /// `[B, cin, H, W] -> [B, cout, 2H, 2W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.block.forward(self.up.forward(x))
+        self.forward_cat(vec![x])
+    }
+
+    /// `forward(cat(xs, 1))`, the skip connection's concatenation fused where it can be.
+    ///
+    /// # Shapes
+    /// `xs`: `[B, c_i, H, W]` with `Σ c_i = cin` -> `[B, cout, 2H, 2W]`
+    pub fn forward_cat(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
+        self.block.forward(self.up.forward_cat(xs))
     }
 }
 
@@ -239,15 +271,15 @@ impl UNet {
             }
             t_emb2 = Some(fc2_t.forward(t)); // [B, D, 1, 1]
         }
-        let mut u1 = self.u1.forward(Tensor::cat(vec![e3, u], 1)); // [B, D, 14, 14]
+        let mut u1 = self.u1.forward_cat(vec![e3, u]); // cat -> [B, 4D, 7, 7] -> [B, D, 14, 14]
         if let Some(t2) = t_emb2 {
             u1 = match &self.fc2_c {
                 Some(fc2_c) => fc2_c.forward(c.expect("a class-conditioned UNet needs c")) * u1 + t2,
                 None => u1 * t2,
             };
         }
-        let u2 = self.u2.forward(Tensor::cat(vec![e2, u1], 1)); // [B, D, 28, 28]
-        conv2d(&self.out, self.d1.forward(Tensor::cat(vec![e1, u2], 1))) // [B, 1, 28, 28]
+        let u2 = self.u2.forward_cat(vec![e2, u1]); // cat -> [B, 2D, 14, 14] -> [B, D, 28, 28]
+        conv2d(&self.out, self.d1.forward_cat(vec![e1, u2])) // cat -> [B, 2D, 28, 28] -> [B, 1, 28, 28]
     }
 }
 
