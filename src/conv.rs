@@ -8,6 +8,12 @@
 //! (shifted windows for stride 1, im2col otherwise), in and out of autodiff; everything else
 //! (wgpu, f16, grouped or dilated convolutions, the browser) goes to burn's own
 //! `Conv2d::forward`. Set `DP_BURN_CONV=1` to force burn's path (for A/B benchmarks).
+//!
+//! For inference (sampling, evaluation) two fused layers sit on the same kernels:
+//! `conv2d_bn_gelu` and `conv_transpose2d_bn_gelu` take their input as parts to concatenate
+//! (the UNet's skip connections) and apply BatchNorm with running statistics and GELU as the
+//! output is written. Under autodiff, on other backends and in the browser they are exactly
+//! `gelu(bn.forward(conv(cat(xs))))` on burn's ops.
 
 use burn::nn::BatchNorm;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
