@@ -1,6 +1,7 @@
 """The diffusers side of `dp bench-if`: one UNet step of a randomly initialised IF stage-1 UNet
-(the sizes passed in), batch 2 (guidance), 64x64, 77 text tokens, no grad, f32 (or --dtype f16) on the CPU.
-Prints one JSON line: ms per step, peak resident memory, torch version and threads."""
+(the sizes passed in), batch 2 (guidance), 64x64, 77 text tokens, no grad, f32 (or --dtype f16), on the CPU
+or (--device cuda) an NVIDIA GPU. Prints one JSON line: ms per step, peak resident memory (and peak GPU
+memory allocated by PyTorch on cuda), torch version and threads."""
 import argparse
 import json
 import resource
@@ -19,7 +20,18 @@ p.add_argument("--side", type=int, default=64)
 p.add_argument("--tokens", type=int, default=77)
 p.add_argument("--steps", type=int, default=3)
 p.add_argument("--dtype", choices=["f32", "f16"], default="f32")
+p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
 a = p.parse_args()
+dev = torch.device(a.device)
+# f32 on a GPU means f32 arithmetic, as burn's wgpu computes it: no TF32 tensor-core rounding.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
+
+def sync():
+    if a.device == "cuda":
+        torch.cuda.synchronize()
+
 
 widths = [int(w) for w in a.widths.split(",")]
 n = len(widths)
@@ -34,14 +46,16 @@ with torch.no_grad():
         cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
     ).eval()
     dtype = torch.float16 if a.dtype == "f16" else torch.float32
-    model = model.to(dtype)
-    x = torch.randn(a.batch, 3, a.side, a.side, dtype=dtype)
-    text = torch.randn(a.batch, a.tokens, a.text_dim, dtype=dtype)
-    t = torch.tensor([500] * a.batch)
+    model = model.to(dev, dtype)
+    x = torch.randn(a.batch, 3, a.side, a.side, dtype=dtype).to(dev)
+    text = torch.randn(a.batch, a.tokens, a.text_dim, dtype=dtype).to(dev)
+    t = torch.tensor([500] * a.batch, device=dev)
     model(x, t, encoder_hidden_states=text)  # warm-up
+    sync()
     start = time.perf_counter()
     for _ in range(a.steps):
-        model(x, t, encoder_hidden_states=text)
+        # .cpu() reads the output back each step, as burn's side does
+        model(x, t, encoder_hidden_states=text).sample.cpu()
     ms = (time.perf_counter() - start) / a.steps * 1000
 print(json.dumps({
     "ms_per_step": ms,
@@ -50,4 +64,6 @@ print(json.dumps({
     "torch": torch.__version__,
     "threads": torch.get_num_threads(),
     "dtype": a.dtype,
+    "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
+    "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else None,
 }))

@@ -81,8 +81,13 @@ pub fn run(a: BenchIfArgs, device: &Device, device_name: &str) -> Result<()> {
     let widths: Vec<String> = cfg.block_out_channels.iter().map(|w| w.to_string()).collect();
     // The same float type on both sides (the device's, set by --compute).
     let dtype = if device.settings().float_dtype == burn::tensor::FloatDType::F16 { "f16" } else { "f32" };
-    let args = ["--widths", &widths.join(","), "--layers", &cfg.layers_per_block.to_string(), "--batch", &a.batch.to_string(), "--steps", &a.steps.to_string(), "--dtype", dtype]
-        .map(String::from);
+    // A GPU run of this crate is compared with PyTorch on the GPU (CUDA: an NVIDIA card is assumed).
+    let torch_device = if device_name.starts_with("cpu") { "cpu" } else { "cuda" };
+    let args = [
+        "--widths", &widths.join(","), "--layers", &cfg.layers_per_block.to_string(), "--batch", &a.batch.to_string(),
+        "--steps", &a.steps.to_string(), "--dtype", dtype, "--device", torch_device,
+    ]
+    .map(String::from);
     let v = crate::bench::run_reference("bench_if_torch.py", &args, "diffusers", "torch diffusers")?;
     let tms = v["ms_per_step"].as_f64().unwrap_or(f64::NAN);
     println!(
@@ -93,6 +98,9 @@ pub fn run(a: BenchIfArgs, device: &Device, device_name: &str) -> Result<()> {
         v["threads"],
         v["parameters"]
     );
+    if let Some(gpu_mb) = v["peak_gpu_mb"].as_f64() {
+        println!("diffusers on {}: peak GPU memory allocated by PyTorch {gpu_mb:.0} MB", v["device"]);
+    }
     if v["parameters"].as_u64() != Some(cfg.parameter_count()) {
         println!("warning: diffusers built {} parameters, this crate {}", v["parameters"], cfg.parameter_count());
     }
