@@ -5,7 +5,8 @@
 //! waited. This computes the same formulas over chunks in parallel, in and out of autodiff, with
 //! a branch-free erf and exp (module `approx`) that the compiler vectorises (16 lanes with AVX-512):
 //! within 5e-7 of libm's erff (PyTorch's own vectorised erf: 1.5e-7). Other backends and
-//! the browser use burn's. Set `DP_BURN_GELU=1` to force burn's path (for A/B benchmarks).
+//! the browser use burn's (but for the GELU fused into `crate::conv`'s convolutions, which the
+//! browser's CPU fallback runs too). Set `DP_BURN_GELU=1` to force burn's path (for A/B benchmarks).
 
 use burn::tensor::Tensor;
 
@@ -23,8 +24,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// `x = GELU(x)` over a slice, in place, for kernels that apply it as they write their output
-/// (the fused convolution of `crate::conv`).
-#[cfg(not(target_arch = "wasm32"))]
+/// (the fused convolution of `crate::conv`, on the desktop and in the browser's CPU fallback).
 pub(crate) fn gelu_in_place(x: &mut [f32]) {
     approx::gelu_in_place(x)
 }
@@ -99,8 +99,9 @@ mod flex {
 
 /// Branch-free f32 erf and exp over slices, written so the loops vectorise; one build for any
 /// x86-64, with AVX-512 and AVX2 copies of each loop picked at run time. Products and sums are
-/// not fused, so every copy gives the same bits.
-#[cfg(not(target_arch = "wasm32"))]
+/// not fused, so every copy gives the same bits. In the browser (wasm with simd128) only
+/// `gelu_in_place` is used, by the fused convolutions.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 mod approx {
     use std::f32::consts::{FRAC_1_SQRT_2, LOG2_E, PI};
 

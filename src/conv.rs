@@ -26,7 +26,6 @@ use crate::activation::gelu;
 /// # Shapes
 /// `[B, cin, H, W] -> [B, cout, H', W']` as `Conv2d::forward`.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    #[cfg(not(target_arch = "wasm32"))]
     let x = match flex::try_conv2d(conv, x) {
         Ok(y) => return y,
         Err(x) => x,
@@ -44,7 +43,6 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// # Shapes
 /// `xs`: `[B, c_i, H, W]` each, `Σ c_i = cin` -> `[B, cout, H', W']` as `Conv2d::forward`.
 pub fn conv2d_bn_gelu(conv: &Conv2d, bn: &BatchNorm, xs: Vec<Tensor<4>>) -> Tensor<4> {
-    #[cfg(not(target_arch = "wasm32"))]
     let xs = match flex::try_conv2d_bn_gelu(conv, bn, xs) {
         Ok(y) => return y,
         Err(xs) => xs,
@@ -62,13 +60,11 @@ pub fn conv2d_bn_gelu(conv: &Conv2d, bn: &BatchNorm, xs: Vec<Tensor<4>>) -> Tens
 /// # Shapes
 /// `xs`: `[B, c_i, H, W]` each, `Σ c_i = cin` -> `[B, cout, H', W']` as `ConvTranspose2d::forward`.
 pub fn conv_transpose2d_bn_gelu(conv: &ConvTranspose2d, bn: &BatchNorm, xs: Vec<Tensor<4>>) -> Tensor<4> {
-    #[cfg(not(target_arch = "wasm32"))]
     let xs = match flex::try_conv_transpose2d_bn_gelu(conv, bn, xs) {
         Ok(y) => return y,
         Err(xs) => xs,
     };
     let y = conv.forward(cat(xs));
-    #[cfg(not(target_arch = "wasm32"))]
     let y = match flex::try_batch_norm_gelu(bn, y) {
         Ok(y) => return y,
         Err(y) => y,
@@ -80,25 +76,64 @@ fn cat(mut xs: Vec<Tensor<4>>) -> Tensor<4> {
     if xs.len() == 1 { xs.pop().expect("one tensor") } else { Tensor::cat(xs, 1) }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+/// The CPU kernels. In the browser (wasm, one thread, simd128 gemm) the inference paths run
+/// on the page's CPU fallback; autodiff (training) and threads are desktop-only.
 pub(crate) mod flex {
+    #[cfg(not(target_arch = "wasm32"))]
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    #[cfg(not(target_arch = "wasm32"))]
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    #[cfg(not(target_arch = "wasm32"))]
     use burn::backend::autodiff::grads::Gradients;
+    #[cfg(not(target_arch = "wasm32"))]
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    #[cfg(not(target_arch = "wasm32"))]
+    use burn::backend::Autodiff;
+    use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
-    use burn::backend::{Autodiff, Flex};
     use burn::nn::conv::{Conv2d, ConvTranspose2d};
     use burn::nn::{BatchNorm, PaddingConfig2d};
     use burn::tensor::{DType, Tensor, TensorData};
     use gemm::{Parallelism, gemm};
+    #[cfg(not(target_arch = "wasm32"))]
     use rayon::prelude::*;
     use std::cell::Cell;
     use std::sync::LazyLock;
 
     use crate::activation::gelu_in_place;
 
+    #[cfg(not(target_arch = "wasm32"))]
     static FORCE_BURN: LazyLock<bool> = LazyLock::new(|| crate::device::env_flag("DP_BURN_CONV"));
+    #[cfg(target_arch = "wasm32")]
+    static FORCE_BURN: LazyLock<bool> = LazyLock::new(|| false);
+
+    /// Threads the kernels share work among: rayon's pool on the desktop, one in the browser.
+    fn threads() -> usize {
+        #[cfg(not(target_arch = "wasm32"))]
+        return rayon::current_num_threads();
+        #[cfg(target_arch = "wasm32")]
+        1
+    }
+
+    /// A gemm over every thread (`None`: one in the browser).
+    fn all_threads() -> Parallelism {
+        #[cfg(not(target_arch = "wasm32"))]
+        return Parallelism::Rayon(0);
+        #[cfg(target_arch = "wasm32")]
+        Parallelism::None
+    }
+
+    /// `f((n, chunk))` for each `len`-long chunk n of `s`, on rayon's threads when `parallel`
+    /// (always in turn in the browser).
+    fn for_each_chunk<T: Send>(s: &mut [T], len: usize, parallel: bool, f: impl Fn((usize, &mut [T])) + Sync + Send) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if parallel {
+            s.par_chunks_mut(len).enumerate().for_each(f);
+            return;
+        }
+        let _ = parallel;
+        s.chunks_mut(len).enumerate().for_each(f);
+    }
 
     /// Sizes of one convolution: input `[b, cin, h, w]`, weight `[cout, cin, kh, kw]`, stride,
     /// top/left padding (bottom/right padding only shows in `oh`, `ow`), output `[b, cout, oh, ow]`.
@@ -134,6 +169,7 @@ pub(crate) mod flex {
         fn ohw(&self) -> usize {
             self.oh * self.ow
         }
+        #[cfg(not(target_arch = "wasm32"))]
         fn in_len(&self) -> usize {
             self.cin * self.h * self.w
         }
@@ -143,10 +179,10 @@ pub(crate) mod flex {
         /// Batch items run in parallel (one single-threaded gemm each) when there are enough of
         /// them to share out; otherwise items run in turn and each gemm uses every thread.
         fn split_batch(&self) -> bool {
-            self.b >= rayon::current_num_threads()
+            self.b >= threads()
         }
         fn gemm_threads(&self) -> Parallelism {
-            if self.split_batch() { Parallelism::None } else { Parallelism::Rayon(0) }
+            if self.split_batch() { Parallelism::None } else { all_threads() }
         }
     }
 
@@ -293,7 +329,7 @@ pub(crate) mod flex {
             let (ty, tx) = self.taps();
             let (hp, wp) = self.padded();
             let plane = hp * wp;
-            let threads = if self.b >= rayon::current_num_threads() { Parallelism::None } else { Parallelism::Rayon(0) };
+            let threads = if self.b >= threads() { Parallelism::None } else { all_threads() };
             // Weight tap (i, j) as a `[cout, cin]` matrix: (start, (row, column) strides).
             let tap = |i: usize, j: usize| (i * self.kw + j, (self.kh * self.kw, self.cout * self.kh * self.kw));
             with_scratch(0, self.cin * plane, true, |xp| {
@@ -347,7 +383,7 @@ pub(crate) mod flex {
             let bp = conv.bias.as_ref().map(|b| b.val().try_into_primitive::<Flex>().map(|p| p.to_contiguous())).transpose().ok()?;
             let ep = Epilogue::batch_norm(bn, bp.as_ref().map(f32s), g.cout)?;
             let parts = src.slices();
-            let parallel = g.b >= rayon::current_num_threads();
+            let parallel = g.b >= threads();
             let y = per_image(g.b, g.cout * g.oh * g.ow, parallel, |n, yb| g.forward_image(&image_parts(&parts, g.b, n), f32s(&wp), &ep, yb));
             Some(Tensor::from_primitive::<Flex>(flex_tensor(y, [g.b, g.cout, g.oh, g.ow])))
         };
@@ -360,7 +396,6 @@ pub(crate) mod flex {
         if *FORCE_BURN || x.dtype() != DType::F32 {
             return Err(x);
         }
-        let Some(ep) = Epilogue::batch_norm(bn, None, c) else { return Err(x) };
         // Dropping `x` leaves the primitive's buffer unshared, so it is changed in place.
         let mut p = match x.clone().try_into_primitive::<Flex>() {
             Ok(p) => {
@@ -369,10 +404,12 @@ pub(crate) mod flex {
             }
             Err(_) => return Err(x),
         };
+        let Some(ep) = Epilogue::batch_norm(bn, None, c) else { return Err(Tensor::from_primitive::<Flex>(p)) };
         if p.as_slice::<f32>().map(<[f32]>::len) != Some(p.storage::<f32>().len()) {
             return Err(Tensor::from_primitive::<Flex>(p)); // a view into a larger buffer
         }
-        p.storage_mut::<f32>().par_chunks_mut(c * h * w).for_each(|image| ep.image_in_place(image, h * w));
+        let parallel = threads() > 1;
+        for_each_chunk(p.storage_mut::<f32>(), c * h * w, parallel, |(_, image)| ep.image_in_place(image, h * w));
         Ok(Tensor::from_primitive::<Flex>(p))
     }
 
@@ -386,6 +423,15 @@ pub(crate) mod flex {
             return Ok(y);
         }
         let [x] = xs;
+        #[cfg(not(target_arch = "wasm32"))]
+        return try_conv2d_autodiff(conv, x);
+        #[cfg(target_arch = "wasm32")]
+        Err(x)
+    }
+
+    /// `try_conv2d` under autodiff (training, desktop only).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn try_conv2d_autodiff(conv: &Conv2d, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
         let Some(g) = geometry(conv, x.dims()) else { return Err(x) };
         let weight = conv.weight.val();
         let bias = conv.bias.as_ref().map(|b| b.val());
@@ -419,6 +465,7 @@ pub(crate) mod flex {
         FlexTensor::from_data(TensorData::new(v, shape))
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     #[derive(Clone, Debug)]
     struct ConvState {
         g: Geom,
@@ -426,9 +473,11 @@ pub(crate) mod flex {
         w: FlexTensor,
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     #[derive(Debug)]
     struct ConvBackward;
 
+    #[cfg(not(target_arch = "wasm32"))]
     impl Backward<Flex, 2> for ConvBackward {
         type State = ConvState;
 
@@ -465,7 +514,11 @@ pub(crate) mod flex {
         /// burn's four ops by a few ulp of the result. None unless every vector is f32 and
         /// `channels` long.
         fn batch_norm(bn: &BatchNorm, bias: Option<&[f32]>, channels: usize) -> Option<Self> {
-            let read = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().ok().filter(|v| v.len() == channels);
+            // Only from Flex: reading a GPU tensor back would block (and panics in the browser).
+            let read = |t: Tensor<1>| {
+                let p = t.try_into_primitive::<Flex>().ok()?.to_contiguous();
+                p.as_slice::<f32>().filter(|v| v.len() == channels).map(<[f32]>::to_vec)
+            };
             let (gamma, beta) = (read(bn.gamma.val())?, read(bn.beta.val())?);
             let (mean, var) = (read(bn.running_mean.value())?, read(bn.running_var.value())?);
             if bias.is_some_and(|b| b.len() != channels) {
@@ -574,6 +627,7 @@ pub(crate) mod flex {
     }
 
     /// The adjoint of `im2col`: adds every column entry back onto the input pixel it came from.
+    #[cfg(not(target_arch = "wasm32"))]
     fn col2im(g: &Geom, cols: &[f32], dx: &mut [f32]) {
         let ohw = g.ohw();
         dx.fill(0.0);
@@ -651,6 +705,7 @@ pub(crate) mod flex {
         }
 
         /// The image zero-padded to `[cin, hp, wp]`.
+        #[cfg(not(target_arch = "wasm32"))]
         fn pad(&self, sh: &Shifted, x: &[f32]) -> Vec<f32> {
             let mut xp = vec![0f32; self.cin * sh.hp * sh.wp];
             self.pad_into(sh, &[x], &mut xp);
@@ -712,6 +767,7 @@ pub(crate) mod flex {
 
         /// One image's share of the gradients: adds `gy @ im2col(x)ᵀ` into `dw` and writes
         /// `col2im(wᵀ @ gy)` into `dx`.
+        #[cfg(not(target_arch = "wasm32"))]
         fn backward_image(&self, x: &[f32], w: &[f32], gy: &[f32], dw: Option<&mut [f32]>, dx: Option<&mut [f32]>) {
             let (k, ohw, threads) = (self.k(), self.ohw(), self.gemm_threads());
             let Some(sh) = self.shifted() else {
@@ -777,12 +833,7 @@ pub(crate) mod flex {
             // layout of f32.
             f(n, unsafe { &mut *(image as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) })
         };
-        let images = &mut y.spare_capacity_mut()[..b * len];
-        if parallel {
-            images.par_chunks_mut(len.max(1)).enumerate().for_each(one);
-        } else {
-            images.chunks_mut(len.max(1)).enumerate().for_each(one);
-        }
+        for_each_chunk(&mut y.spare_capacity_mut()[..b * len], len.max(1), parallel, one);
         // SAFETY: `one` initialised every chunk of the first b * len elements (a panic in `f`
         // unwinds past this line, leaving the vector empty).
         unsafe { y.set_len(b * len) };
@@ -791,6 +842,7 @@ pub(crate) mod flex {
 
     /// Gradients of `forward` (without bias) for the output gradient `gy`: `dx[b] =
     /// col2im(wᵀ @ gy[b])` and `dw = Σ_b gy[b] @ im2col(x[b])ᵀ`, each only when asked for.
+    #[cfg(not(target_arch = "wasm32"))]
     fn backward(g: &Geom, x: &[f32], w: &[f32], gy: &[f32], want_dx: bool, want_dw: bool) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
         let wlen = if want_dw { g.cout * g.k() } else { 0 };
         let one = |n: usize, dw: &mut Vec<f32>, dxb: Option<&mut [f32]>| {
