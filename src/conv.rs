@@ -5,14 +5,15 @@
 //! transposed-convolution kernel; forward and backward together ran at under half the speed of
 //! well-shaped gemms per image (measured on the UNet's layers, batch 64). On Flex with f32
 //! tensors, groups 1 and dilation 1 this module computes each image with gemms on the raw buffers
-//! (shifted windows for stride 1, im2col otherwise), in and out of autodiff; everything else
-//! (wgpu, f16, grouped or dilated convolutions, the browser) goes to burn's own
-//! `Conv2d::forward`. Set `DP_BURN_CONV=1` to force burn's path (for A/B benchmarks).
+//! (shifted windows for stride 1, im2col otherwise), in and out of autodiff (on the desktop;
+//! the browser's CPU fallback runs the same inference kernels on one thread with gemm's simd128
+//! kernels); everything else (wgpu/WebGPU, f16, grouped or dilated convolutions) goes to burn's
+//! own `Conv2d::forward`. Set `DP_BURN_CONV=1` to force burn's path (for A/B benchmarks).
 //!
 //! For inference (sampling, evaluation) two fused layers sit on the same kernels:
 //! `conv2d_bn_gelu` and `conv_transpose2d_bn_gelu` take their input as parts to concatenate
 //! (the UNet's skip connections) and apply BatchNorm with running statistics and GELU as the
-//! output is written. Under autodiff, on other backends and in the browser they are exactly
+//! output is written. Under autodiff and on other backends they are exactly
 //! `gelu(bn.forward(conv(cat(xs))))` on burn's ops.
 
 use burn::nn::BatchNorm;
