@@ -81,15 +81,10 @@ fn cat(mut xs: Vec<Tensor<4>>) -> Tensor<4> {
 /// on the page's CPU fallback; autodiff (training) and threads are desktop-only.
 pub(crate) mod flex {
     #[cfg(not(target_arch = "wasm32"))]
-    use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    #[cfg(not(target_arch = "wasm32"))]
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    #[cfg(not(target_arch = "wasm32"))]
-    use burn::backend::autodiff::grads::Gradients;
-    #[cfg(not(target_arch = "wasm32"))]
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-    #[cfg(not(target_arch = "wasm32"))]
-    use burn::backend::Autodiff;
+    use burn::backend::{
+        Autodiff,
+        autodiff::{checkpoint::base::Checkpointer, checkpoint::strategy::NoCheckpointing, grads::Gradients, ops::{Backward, Ops, OpsKind}},
+    };
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use burn::nn::conv::{Conv2d, ConvTranspose2d};
@@ -103,10 +98,7 @@ pub(crate) mod flex {
 
     use crate::activation::gelu_in_place;
 
-    #[cfg(not(target_arch = "wasm32"))]
     static FORCE_BURN: LazyLock<bool> = LazyLock::new(|| crate::device::env_flag("DP_BURN_CONV"));
-    #[cfg(target_arch = "wasm32")]
-    static FORCE_BURN: LazyLock<bool> = LazyLock::new(|| false);
 
     /// Threads the kernels share work among: rayon's pool on the desktop, one in the browser.
     fn threads() -> usize {

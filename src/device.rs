@@ -136,7 +136,7 @@ mod tests {
 
 /// Whether the environment variable `name` is set to anything but "0": the switches that send
 /// the CPU kernels of [`crate::conv`] and [`crate::activation`] back to burn's (A/B benchmarks).
-#[cfg(not(target_arch = "wasm32"))]
+/// In the browser there is no environment: always false.
 pub(crate) fn env_flag(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| v != "0")
 }
