@@ -246,7 +246,7 @@ enum Figure {
 
 #[derive(Args)]
 struct PackageArgs {
-    /// Name in the manifest (class_flow, time_flow, denoiser, classifier).
+    /// Name in the manifest (class_flow, time_flow, class_flow_constant, denoiser, classifier).
     name: String,
     /// Run directory (or .bpk inside one); for the classifier its run directory.
     #[arg(long)]
@@ -598,13 +598,19 @@ fn cmd_figures(f: Figure, device: &Device) -> Result<()> {
                 series.push((label, p.losses, spe));
             }
             let epochs = means.iter().map(|m| m.1.len()).max().unwrap_or(0);
-            let mut csv = format!("epoch,{}\n", means.iter().map(|m| format!("\"{}\"", m.0)).collect::<Vec<_>>().join(","));
+            // Each run gets its mean and the number of steps behind it, so a partial epoch stays visible in the CSV.
+            let header: Vec<String> = means.iter().map(|m| format!("\"{0} mean\",\"{0} steps\"", m.0)).collect();
+            let mut csv = format!("epoch,{}\n", header.join(","));
             println!("mean loss per epoch (* = epoch not finished):");
             for (i, m) in means.iter().enumerate() {
                 println!("  [{}] {}", i + 1, m.0);
             }
             for e in 0..epochs {
-                let cells: Vec<String> = means.iter().map(|m| m.1.get(e).map_or(String::new(), |v| format!("{v:.5}"))).collect();
+                let cells: Vec<String> = means
+                    .iter()
+                    .zip(&series)
+                    .map(|(m, (_, losses, spe))| m.1.get(e).map_or(",".to_string(), |v| format!("{v:.5},{}", (losses.len() - e * spe).min(*spe))))
+                    .collect();
                 csv.push_str(&format!("{},{}\n", e + 1, cells.join(",")));
                 let shown: Vec<String> = means
                     .iter()
