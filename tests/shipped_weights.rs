@@ -1,12 +1,13 @@
 //! The weights in pkg/ are whole (sizes and hashes match the manifest), load into the
 //! architectures the manifest names, and do their job: the shipped flow model draws the digit
-//! asked for, as judged by the shipped classifier, with the page's default sampler.
+//! asked for (each class-conditioned one), as judged by the shipped classifier, with the page's default sampler.
 
 use burn::module::Module;
 use burn::prelude::*;
 use diffusion_playground::mnist::classifier::argmax_rows;
 use diffusion_playground::mnist::flow::{noise, Conditions, FlowSampler, Solver};
 use diffusion_playground::mnist::package::{classifier_from_bytes, unet_from_bytes, Manifest, ModelKind};
+use diffusion_playground::mnist::unet::Conditioning;
 use diffusion_playground::rng::Rng;
 
 const PKG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pkg");
@@ -36,17 +37,22 @@ fn every_entry_is_whole_and_loads() {
 }
 
 #[test]
-fn shipped_flow_draws_the_requested_digits() {
+fn shipped_flows_draw_the_requested_digits() {
     let device = Device::flex();
     let m = manifest();
-    let flow = unet_from_bytes(&m.get("class_flow").unwrap().unet_config().unwrap(), &bytes("class_flow"), "class_flow", &device).unwrap().valid();
     let clf = classifier_from_bytes(&bytes("classifier"), "classifier", &device).unwrap().valid();
-    let labels: Vec<usize> = (0..2).flat_map(|_| 0..10).collect();
-    let x0 = noise(&mut Rng::new(7), labels.len(), &device);
-    let x = FlowSampler::new(Solver::Euler, 20).sample(&flow, x0, &Conditions { labels: labels.clone(), guidance: 5.0 }, |_, _| true);
-    let p: Vec<f32> = burn::tensor::activation::softmax(clf.forward(x.clamp(0.0, 1.0)), 1).into_data().try_to_vec().unwrap();
-    let verdicts = argmax_rows(&p, 10);
-    let right = verdicts.iter().zip(&labels).filter(|((k, _), l)| k == *l).count();
-    // 99% was measured on 1000 samples; 18 of 20 leaves room for an unlucky seed.
-    assert!(right >= 18, "only {right}/20 recognised: {verdicts:?}");
+    // Every class-conditioned flow the page offers (recipe 4's class_flow and recipe 5's class_flow_constant).
+    let flows: Vec<_> = m.models.iter().filter(|e| e.conditioning == Some(Conditioning::TimeClass)).collect();
+    assert!(flows.iter().any(|e| e.name == "class_flow"), "pkg/ must ship the page's default class_flow");
+    for e in flows {
+        let flow = unet_from_bytes(&e.unet_config().unwrap(), &bytes(&e.name), &e.name, &device).unwrap().valid();
+        let labels: Vec<usize> = (0..2).flat_map(|_| 0..10).collect();
+        let x0 = noise(&mut Rng::new(7), labels.len(), &device);
+        let x = FlowSampler::new(Solver::Euler, 20).sample(&flow, x0, &Conditions { labels: labels.clone(), guidance: 5.0 }, |_, _| true);
+        let p: Vec<f32> = burn::tensor::activation::softmax(clf.forward(x.clamp(0.0, 1.0)), 1).into_data().try_to_vec().unwrap();
+        let verdicts = argmax_rows(&p, 10);
+        let right = verdicts.iter().zip(&labels).filter(|((k, _), l)| k == *l).count();
+        // 100% was measured on 1000 samples of each; 18 of 20 leaves room for an unlucky seed.
+        assert!(right >= 18, "{}: only {right}/20 recognised: {verdicts:?}", e.name);
+    }
 }
