@@ -189,17 +189,28 @@ function settings() {
   };
 }
 
+// Whether a model takes a digit (and so guidance): the manifest says how it is conditioned.
+const isConditional = (name) => state.models.get(name)?.conditioning === 'time_class';
+
 async function generate(labels, onStep) {
   clearError();
   const s = settings();
   const msg = { type: 'generate', ...s, labels };
   const stepMs = [];
   setBusy(true);
-  const req = request(msg, (m) => { stepMs.push(m.ms); onStep(m); showTiming(m.step + 1, m.steps, stepMs, null); });
+  // A model fetched on first use (recipe 5's flow) says so in the timing line while it downloads.
+  if (state.onDemand.has(s.model)) {
+    $('timing').textContent = `loading ${s.model} (${(state.models.get(s.model).bytes / 1e6).toFixed(1)} MB)…`;
+  }
+  const onProgress = (p) => {
+    $('timing').textContent = `loading ${p.name}: ${(p.loaded / 1e6).toFixed(1)}${p.total ? ` / ${(p.total / 1e6).toFixed(1)}` : ''} MB`;
+  };
+  const req = request(msg, (m) => { stepMs.push(m.ms); onStep(m); showTiming(m.step + 1, m.steps, stepMs, null); }, onProgress);
   state.running = state.nextId - 1;
   setBusy(true);
   try {
     const done = await req;
+    state.onDemand.delete(s.model);
     showTiming(stepMs.length, s.steps, stepMs, done);
     return { ...done, stepMs };
   } finally {
@@ -218,7 +229,7 @@ function showTiming(done, total, stepMs, result) {
 async function generateOne() {
   const canvas = $('one');
   $('one-verdict').innerHTML = '&nbsp;';
-  const label = $('model').value === 'class_flow' ? state.digit : 0;
+  const label = isConditional($('model').value) ? state.digit : 0;
   try {
     const r = await generate([label], (m) => drawDigit(canvas, m.pixels));
     if (r.cancelled) return r;
@@ -251,7 +262,7 @@ async function generateGrid() {
 }
 
 function onModelChange() {
-  const conditional = $('model').value === 'class_flow';
+  const conditional = isConditional($('model').value);
   $('digits').disabled = !conditional;
   $('guidance').disabled = !conditional;
   setBusy(false);

@@ -2,16 +2,19 @@
 // Protocol (all messages are plain objects with a `type`):
 //   page -> worker: init {backend: 'auto'|'webgpu'|'cpu'}, generate {...}, denoise {...}, classify {...}, cancel {id}
 //   worker -> page: status, progress, ready, step, done, denoised, classified, error
-// The playground's denoisers are fetched on first use (see onDemand), with progress tagged by the job's id.
+// Models the page does not need at start are fetched on first use (see onDemand), with progress
+// tagged by the job's id.
 import init, { Playground } from './diffusion-playground.js';
 
 let pg = null;
 let hasClassifier = false;
 // Manifest entries listed but not fetched yet: name -> entry.
 const pending = new Map();
-// A denoiser (an unconditioned UNet) only serves the playground, and the D=128 one is 15.8 MB,
-// four times a flow model: fetch it when the playground is first used, not before the first digit.
-const onDemand = (m) => m.kind === 'unet' && m.conditioning === 'none';
+// Fetched before the first digit: the generate panel's two models and the classifier (9 MB).
+// Everything else waits for its first use: the denoiser only serves the playground (15.8 MB for
+// D=128, four times a flow model), and recipe 5's flow is there to compare with recipe 4's.
+const AT_START = new Set(['class_flow', 'time_flow', 'classifier']);
+const onDemand = (m) => !AT_START.has(m.name);
 let current = null; // the job running now: {id, cancelled}
 const queue = [];
 let busy = false;
@@ -166,6 +169,7 @@ async function ensureLoaded(name, id) {
 
 async function generate({ id, model, labels, guidance, steps, solver, seed }) {
   const job = current;
+  await ensureLoaded(model, id);
   const t0 = performance.now();
   const onStep = (step, total, pixels, ms) => {
     post({ type: 'step', id, step, steps: total, pixels, ms }, [pixels.buffer]);

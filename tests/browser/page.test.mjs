@@ -199,6 +199,41 @@ test('CPU: the time-only model draws an unconditional digit', async (t) => {
   await page.close();
 });
 
+test("CPU: recipe 5's flow is fetched on first use and draws the digit asked for", async (t) => {
+  let fetches = 0;
+  const page = await open(gpuBrowser, '?backend=cpu', (p) => p.route('**/pkg/class_flow_constant.bpk', (r) => { fetches++; return r.continue(); }));
+  await waitReady(page);
+  if (await page.locator('#model option[value="class_flow_constant"]').isDisabled()) {
+    const models = JSON.parse(await readFile('pkg/manifest.json', 'utf8')).models.map((m) => m.name);
+    assert.ok(!models.includes('class_flow_constant'), 'class_flow_constant is in pkg/ but the page did not enable it');
+    t.skip('no class_flow_constant in pkg/manifest.json');
+    return;
+  }
+  assert.equal(fetches, 0, "recipe 5's flow was fetched before it was chosen");
+  await page.locator('#model').selectOption('class_flow_constant');
+  assert.equal(await page.locator('#digits').evaluate((e) => e.disabled), false, 'the digit picker is on for a class-conditioned model');
+  await page.locator('label.digit-pick', { hasText: '3' }).click();
+  await set(page, 'steps', 20);
+  await set(page, 'guidance', 5);
+  await page.locator('#seed').fill('0');
+  const verdict = () => page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  await page.locator('#gen-one').click();
+  await verdict();
+  await page.screenshot({ path: `${ARTIFACTS}cpu-recipe5.png`, fullPage: true });
+  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(fetches, 1, 'the first use fetches the model once');
+  assert.match(await page.locator('#one-verdict').textContent(), /classifier: 3, \d+%/);
+  assert.match(await page.locator('#timing').textContent(), /step 20\/20, \d+ ms per step/);
+  // The next digit uses the model already on the device.
+  await page.locator('label.digit-pick', { hasText: '8' }).click();
+  await page.locator('#gen-one').click();
+  await verdict();
+  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.match(await page.locator('#one-verdict').textContent(), /classifier: 8, \d+%/);
+  assert.equal(fetches, 1, 'a second digit fetched the model again');
+  await page.close();
+});
+
 test('a software-emulated WebGPU adapter is passed over for the faster CPU backend, with a notice', async () => {
   const page = await open(gpuBrowser);
   await waitReady(page);
