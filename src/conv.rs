@@ -317,14 +317,15 @@ pub(crate) mod flex {
             (lo, hi.max(lo))
         }
 
-        /// One image's output `[cout, oh, ow]` from its parts along channels, the epilogue applied.
+        /// One image's output `[cout, oh, ow]` from its parts along channels, the epilogue applied;
+        /// `w` is the layer's `[cin, cout, kh, kw]` in `taps_major` layout.
         fn forward_image(&self, parts: &[&[f32]], w: &[f32], ep: &Epilogue, y: &mut [f32]) {
             let (ty, tx) = self.taps();
             let (hp, wp) = self.padded();
             let plane = hp * wp;
             let threads = if self.b >= threads() { Parallelism::None } else { all_threads() };
-            // Weight tap (i, j) as a `[cout, cin]` matrix: (start, (row, column) strides).
-            let tap = |i: usize, j: usize| (i * self.kw + j, (self.kh * self.kw, self.cout * self.kh * self.kw));
+            // Weight tap (i, j) as a `[cout, cin]` matrix in `taps_major` layout: (start, (row, column) strides).
+            let tap = |i: usize, j: usize| ((i * self.kw + j) * self.cin * self.cout, (1, self.cout));
             with_scratch(0, self.cin * plane, true, |xp| {
                 for (r, src) in parts.iter().flat_map(|p| p.chunks(self.w)).enumerate() {
                     let (c, row) = (r / self.h, r % self.h);
@@ -377,7 +378,9 @@ pub(crate) mod flex {
             let ep = Epilogue::batch_norm(bn, bp.as_ref().map(f32s), g.cout)?;
             let parts = src.slices();
             let parallel = g.b >= threads();
-            let y = per_image(g.b, g.cout * g.oh * g.ow, parallel, |n, yb| g.forward_image(&image_parts(&parts, g.b, n), f32s(&wp), &ep, yb));
+            let taps = g.kh * g.kw;
+            let w = taps_major(f32s(&wp), g.cout, g.cin, taps, (taps, g.cout * taps));
+            let y = per_image(g.b, g.cout * g.oh * g.ow, parallel, |n, yb| g.forward_image(&image_parts(&parts, g.b, n), &w, &ep, yb));
             Some(Tensor::from_primitive::<Flex>(flex_tensor(y, [g.b, g.cout, g.oh, g.ow])))
         };
         run().ok_or(xs)
@@ -672,6 +675,23 @@ pub(crate) mod flex {
         }
     }
 
+    /// A weight as `taps` column-major `[cout, cin]` matrices, tap after tap: `(co, ci)` of tap t
+    /// at `t·cin·cout + ci·cout + co`, read from `(co, ci, t)` at `co·s_co + ci·s_ci + t`. The
+    /// shifted-window gemms take each tap's matrix as it lies; in the weights' own layout its
+    /// rows are `cin·taps` floats apart, and gemm gathered them into a packed copy on every call
+    /// (a tap an image). Done once per layer call.
+    fn taps_major(w: &[f32], cout: usize, cin: usize, taps: usize, (s_co, s_ci): (usize, usize)) -> Vec<f32> {
+        let mut out = vec![0f32; taps * cin * cout];
+        for (t, tap) in out.chunks_mut(cin * cout).enumerate() {
+            for (ci, col) in tap.chunks_mut(cout).enumerate() {
+                for (co, v) in col.iter_mut().enumerate() {
+                    *v = w[co * s_co + ci * s_ci + t];
+                }
+            }
+        }
+        out
+    }
+
     /// Stride-1 convolutions skip im2col: on the zero-padded image `[cin, hp, wp]` laid out flat,
     /// tap (i, j) of every output pixel is one window starting at `i*wp + j`, so the output is nine
     /// (kh*kw) gemms over shifted windows, computed on a grid `wp` wide whose last `kw-1` columns
@@ -712,12 +732,16 @@ pub(crate) mod flex {
             }
         }
 
-        /// Weight tap (i, j) as a `[cout, cin]` matrix view: (start, strides).
+        /// Weight tap (i, j) as a `[cout, cin]` matrix view of the layer's own layout (the
+        /// backward pass): (start, strides).
+        #[cfg(not(target_arch = "wasm32"))]
         fn tap(&self, i: usize, j: usize) -> (usize, (usize, usize)) {
             (i * self.kw + j, (self.cin * self.kh * self.kw, self.kh * self.kw))
         }
 
-        /// One image's output `[cout, oh, ow]` from its parts along channels, the epilogue applied.
+        /// One image's output `[cout, oh, ow]` from its parts along channels, the epilogue applied;
+        /// `w` as the layer's `[cout, cin, kh, kw]` for im2col (stride > 1), in `taps_major`
+        /// layout for shifted windows.
         fn forward_image(&self, parts: &[&[f32]], w: &[f32], ep: &Epilogue, y: &mut [f32]) {
             let (k, ohw, threads) = (self.k(), self.ohw(), self.gemm_threads());
             match self.shifted() {
@@ -738,9 +762,9 @@ pub(crate) mod flex {
                         with_scratch(1, self.cout * self.oh * sh.wp, false, |wide| {
                             for i in 0..self.kh {
                                 for j in 0..self.kw {
-                                    let (start, strides) = self.tap(i, j);
+                                    let start = (i * self.kw + j) * self.cin * self.cout;
                                     let first = i == 0 && j == 0;
-                                    matmul(self.cout, sh.n, self.cin, wide, (self.oh * sh.wp, 1), !first, &w[start..], strides, &xp[i * sh.wp + j..], (plane, 1), threads);
+                                    matmul(self.cout, sh.n, self.cin, wide, (self.oh * sh.wp, 1), !first, &w[start..], (1, self.cout), &xp[i * sh.wp + j..], (plane, 1), threads);
                                 }
                             }
                             for co in 0..self.cout {
@@ -811,7 +835,12 @@ pub(crate) mod flex {
     /// `y[b] = epilogue(conv(x[b]))`, `[b, cout, oh, ow]` flattened; `x` given as parts along
     /// channels, each `[b, c_i, h, w]`.
     fn forward(g: &Geom, x: &[&[f32]], w: &[f32], ep: &Epilogue) -> Vec<f32> {
-        per_image(g.b, g.out_len(), g.split_batch(), |n, yb| g.forward_image(&image_parts(x, g.b, n), w, ep, yb))
+        let taps = g.kh * g.kw;
+        let w = match g.shifted() {
+            Some(_) => std::borrow::Cow::Owned(taps_major(w, g.cout, g.cin, taps, (g.cin * taps, taps))),
+            None => std::borrow::Cow::Borrowed(w),
+        };
+        per_image(g.b, g.out_len(), g.split_batch(), |n, yb| g.forward_image(&image_parts(x, g.b, n), &w, ep, yb))
     }
 
     /// `b` images of `len` floats, image n written by `f(n, image)`, in parallel when `parallel`.
