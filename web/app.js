@@ -192,6 +192,17 @@ function settings() {
 // Whether a model takes a digit (and so guidance): the manifest says how it is conditioned.
 const isConditional = (name) => state.models.get(name)?.conditioning === 'time_class';
 
+// For a model the worker fetches on first use: shows `loading <label> (<size> MB)…` in `el` now,
+// and returns the progress callback that keeps it up to date while the download runs.
+function loadingNotice(el, name, label) {
+  if (state.onDemand.has(name)) {
+    el.textContent = `loading ${label} (${(state.models.get(name).bytes / 1e6).toFixed(1)} MB)…`;
+  }
+  return (p) => {
+    el.textContent = `loading ${label}: ${(p.loaded / 1e6).toFixed(1)}${p.total ? ` / ${(p.total / 1e6).toFixed(1)}` : ''} MB`;
+  };
+}
+
 async function generate(labels, onStep) {
   clearError();
   const s = settings();
@@ -199,12 +210,7 @@ async function generate(labels, onStep) {
   const stepMs = [];
   setBusy(true);
   // A model fetched on first use (recipe 5's flow) says so in the timing line while it downloads.
-  if (state.onDemand.has(s.model)) {
-    $('timing').textContent = `loading ${s.model} (${(state.models.get(s.model).bytes / 1e6).toFixed(1)} MB)…`;
-  }
-  const onProgress = (p) => {
-    $('timing').textContent = `loading ${p.name}: ${(p.loaded / 1e6).toFixed(1)}${p.total ? ` / ${(p.total / 1e6).toFixed(1)}` : ''} MB`;
-  };
+  const onProgress = loadingNotice($('timing'), s.model, s.model);
   const req = request(msg, (m) => { stepMs.push(m.ms); onStep(m); showTiming(m.step + 1, m.steps, stepMs, null); }, onProgress);
   state.running = state.nextId - 1;
   setBusy(true);
@@ -318,12 +324,7 @@ async function denoise() {
   setBusy(true);
   const cap = $('denoised-cap');
   // The first use fetches the denoiser (15.8 MB for D=128): say so under its output.
-  if (state.onDemand.has('denoiser')) {
-    cap.textContent = `loading the denoiser (${(state.models.get('denoiser').bytes / 1e6).toFixed(1)} MB)…`;
-  }
-  const onProgress = (p) => {
-    cap.textContent = `loading the denoiser: ${(p.loaded / 1e6).toFixed(1)}${p.total ? ` / ${(p.total / 1e6).toFixed(1)}` : ''} MB`;
-  };
+  const onProgress = loadingNotice(cap, 'denoiser', 'the denoiser');
   try {
     const r = await request({
       type: 'denoise', model: 'denoiser', pixels: readDigit($('clean')),

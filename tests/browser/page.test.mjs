@@ -144,7 +144,14 @@ async function drawOne(page) {
   await page.mouse.up();
 }
 
-const hasDenoiser = async () => JSON.parse(await readFile('pkg/manifest.json', 'utf8')).models.some((m) => m.name === 'denoiser');
+const shipped = async (name) => JSON.parse(await readFile('pkg/manifest.json', 'utf8')).models.some((m) => m.name === name);
+
+// Whether the model menu offers `name`; an option left disabled must mean pkg/ lacks the model.
+async function offered(page, name) {
+  if (!(await page.locator(`#model option[value="${name}"]`).isDisabled())) return true;
+  assert.ok(!(await shipped(name)), `${name} is in pkg/ but the page did not enable it`);
+  return false;
+}
 
 test('WebGPU: the denoiser playground: fetched on first use, then a drawn digit is noised and denoised', async (t) => {
   let fetches = 0;
@@ -152,7 +159,7 @@ test('WebGPU: the denoiser playground: fetched on first use, then a drawn digit 
   await waitReady(page);
   assert.equal(fetches, 0, 'the denoiser was fetched before the playground was used');
   if (await page.locator('#denoise').isDisabled()) {
-    assert.ok(!(await hasDenoiser()), 'the denoiser is in pkg/ but the page did not enable it');
+    assert.ok(!(await shipped('denoiser')), 'the denoiser is in pkg/ but the page did not enable it');
     // The page says why the playground is off.
     assert.ok(await page.locator('#denoiser-missing').isVisible(), 'no note explains the disabled playground');
     assert.match(await page.locator('#denoiser-missing').textContent(), /without the denoiser model/);
@@ -181,12 +188,7 @@ test('WebGPU: the denoiser playground: fetched on first use, then a drawn digit 
 test('CPU: the time-only model draws an unconditional digit', async (t) => {
   const page = await open(gpuBrowser, '?backend=cpu');
   await waitReady(page);
-  if (await page.locator('#model option[value="time_flow"]').isDisabled()) {
-    const models = JSON.parse(await readFile('pkg/manifest.json', 'utf8')).models.map((m) => m.name);
-    assert.ok(!models.includes('time_flow'), 'time_flow is in pkg/ but the page did not enable it');
-    t.skip('no time_flow in pkg/manifest.json');
-    return;
-  }
+  if (!(await offered(page, 'time_flow'))) return t.skip('no time_flow in pkg/manifest.json');
   await page.locator('#model').selectOption('time_flow');
   assert.equal(await page.locator('#digits').evaluate((e) => e.disabled), true, 'the digit picker is off for an unconditional model');
   await set(page, 'steps', 20);
@@ -203,12 +205,7 @@ test("CPU: recipe 5's flow is fetched on first use and draws the digit asked for
   let fetches = 0;
   const page = await open(gpuBrowser, '?backend=cpu', (p) => p.route('**/pkg/class_flow_constant.bpk', (r) => { fetches++; return r.continue(); }));
   await waitReady(page);
-  if (await page.locator('#model option[value="class_flow_constant"]').isDisabled()) {
-    const models = JSON.parse(await readFile('pkg/manifest.json', 'utf8')).models.map((m) => m.name);
-    assert.ok(!models.includes('class_flow_constant'), 'class_flow_constant is in pkg/ but the page did not enable it');
-    t.skip('no class_flow_constant in pkg/manifest.json');
-    return;
-  }
+  if (!(await offered(page, 'class_flow_constant'))) return t.skip('no class_flow_constant in pkg/manifest.json');
   assert.equal(fetches, 0, "recipe 5's flow was fetched before it was chosen");
   await page.locator('#model').selectOption('class_flow_constant');
   assert.equal(await page.locator('#digits').evaluate((e) => e.disabled), false, 'the digit picker is on for a class-conditioned model');
@@ -277,7 +274,7 @@ test('a corrupt weights file gives a readable error in the page', async () => {
 });
 
 test('a denoiser that fails to download gives a readable error, and the next try fetches it again', async (t) => {
-  if (!(await hasDenoiser())) return t.skip('no denoiser in pkg/manifest.json');
+  if (!(await shipped('denoiser'))) return t.skip('no denoiser in pkg/manifest.json');
   let fetches = 0;
   const page = await open(noGpuBrowser, '', (p) => p.route('**/pkg/denoiser.bpk',
     (r) => (++fetches === 1 ? r.fulfill({ status: 503, body: 'busy' }) : r.continue())));
