@@ -324,8 +324,8 @@ pub(crate) mod flex {
             let (hp, wp) = self.padded();
             let plane = hp * wp;
             let threads = if self.b >= threads() { Parallelism::None } else { all_threads() };
-            // Weight tap (i, j) as a `[cout, cin]` matrix in `taps_major` layout: (start, (row, column) strides).
-            let tap = |i: usize, j: usize| ((i * self.kw + j) * self.cin * self.cout, (1, self.cout));
+            // Where weight tap (i, j), a column-major `[cout, cin]` matrix, starts in `taps_major` layout.
+            let tap = |i: usize, j: usize| (i * self.kw + j) * self.cin * self.cout;
             with_scratch(0, self.cin * plane, true, |xp| {
                 for (r, src) in parts.iter().flat_map(|p| p.chunks(self.w)).enumerate() {
                     let (c, row) = (r / self.h, r % self.h);
@@ -343,9 +343,9 @@ pub(crate) mod flex {
                             let n = (qy1 - qy0 - 1) * wp + qx1 - qx0;
                             for t in 0..ty {
                                 for u in 0..tx {
-                                    let (start, strides) = tap(ry + self.sh * t, rx + self.sw * u);
+                                    let start = tap(ry + self.sh * t, rx + self.sw * u);
                                     let at = (qy0 + ty - 1 - t) * wp + qx0 + tx - 1 - u;
-                                    matmul(self.cout, n, self.cin, wide, (plane, 1), t + u > 0, &w[start..], strides, &xp[at..], (plane, 1), threads);
+                                    matmul(self.cout, n, self.cin, wide, (plane, 1), t + u > 0, &w[start..], (1, self.cout), &xp[at..], (plane, 1), threads);
                                 }
                             }
                             for co in 0..self.cout {
