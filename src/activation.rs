@@ -103,6 +103,7 @@ mod flex {
 /// `gelu_in_place` is used, by the fused convolutions.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 mod approx {
+    use crate::simd::widest;
     use std::f32::consts::{FRAC_1_SQRT_2, LOG2_E, PI};
 
     /// erf: Eigen's (and XLA's) rational approximation x·P(x²)/Q(x²), with x clamped to ±4
@@ -161,34 +162,6 @@ mod approx {
             let pdf = inv_sqrt_2pi * exp(-0.5 * x * x);
             *o = g * (cdf + x * pdf);
         }
-    }
-
-    /// `$body`, a loop over slices, run through a copy compiled for the widest vectors the CPU
-    /// has: AVX-512 (16 lanes), AVX2 (8), or x86-64's baseline SSE2 (4). std caches the feature
-    /// checks: each is one atomic load.
-    macro_rules! widest {
-        (|$($a:ident: $t:ty),*| $body:expr) => {{
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn lanes16($($a: $t),*) {
-                    $body
-                }
-                #[target_feature(enable = "avx2")]
-                fn lanes8($($a: $t),*) {
-                    $body
-                }
-                if is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked just above).
-                    return unsafe { lanes16($($a),*) };
-                }
-                if is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2 (checked just above).
-                    return unsafe { lanes8($($a),*) };
-                }
-            }
-            $body
-        }};
     }
 
     /// `out = GELU(x)`, elementwise.

@@ -18,6 +18,7 @@ pub mod mnist;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod plot;
 pub mod rng;
+mod simd;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
