@@ -5,7 +5,8 @@
 //! transposed-convolution kernel; forward and backward together ran at under half the speed of
 //! well-shaped gemms per image (measured on the UNet's layers, batch 64). On Flex with f32
 //! tensors, groups 1 and dilation 1 this module computes each image with gemms on the raw buffers
-//! (shifted windows for stride 1, im2col otherwise), in and out of autodiff (on the desktop;
+//! (shifted windows for stride 1, im2col otherwise; the forward pass of 3x3 stride-1 convolutions
+//! on Winograd's F(2x2, 3x3), module `winograd`), in and out of autodiff (on the desktop;
 //! the browser's CPU fallback runs the same inference kernels on one thread with gemm's simd128
 //! kernels); everything else (wgpu/WebGPU, f16, grouped or dilated convolutions) goes to burn's
 //! own `Conv2d::forward`. Set `DP_BURN_CONV=1` to force burn's path (for A/B benchmarks).
@@ -21,6 +22,8 @@ use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::tensor::Tensor;
 
 use crate::activation::gelu;
+
+mod winograd;
 
 /// `conv.forward(x)`, through the fast CPU path where it applies.
 ///
@@ -96,9 +99,11 @@ pub(crate) mod flex {
     use std::cell::Cell;
     use std::sync::LazyLock;
 
+    use super::winograd;
     use crate::activation::gelu_in_place;
 
     static FORCE_BURN: LazyLock<bool> = LazyLock::new(|| crate::device::env_flag("DP_BURN_CONV"));
+    static NO_WINOGRAD: LazyLock<bool> = LazyLock::new(|| crate::device::env_flag("DP_NO_WINOGRAD"));
 
     /// Threads the kernels share work among: rayon's pool on the desktop, one in the browser.
     fn threads() -> usize {
@@ -561,7 +566,7 @@ pub(crate) mod flex {
     }
 
     thread_local! {
-        static SCRATCH: [Cell<Vec<f32>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
+        static SCRATCH: [Cell<Vec<f32>>; 3] = const { [Cell::new(Vec::new()), Cell::new(Vec::new()), Cell::new(Vec::new())] };
     }
 
     /// Buffers up to this many floats (16 MB) stay with their thread for the next image.
@@ -835,6 +840,9 @@ pub(crate) mod flex {
     /// `y[b] = epilogue(conv(x[b]))`, `[b, cout, oh, ow]` flattened; `x` given as parts along
     /// channels, each `[b, c_i, h, w]`.
     fn forward(g: &Geom, x: &[&[f32]], w: &[f32], ep: &Epilogue) -> Vec<f32> {
+        if g.winograd() {
+            return forward_winograd(g, x, w, ep);
+        }
         let taps = g.kh * g.kw;
         let w = match g.shifted() {
             Some(_) => std::borrow::Cow::Owned(taps_major(w, g.cout, g.cin, taps, (g.cin * taps, taps))),
@@ -848,18 +856,94 @@ pub(crate) mod flex {
     /// `vec![0; b * len]` zeroed the whole output (32 MB for a UNet layer at batch 160) on one
     /// thread first, a thirtieth of a sampling step.
     fn per_image(b: usize, len: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-        let mut y: Vec<f32> = Vec::with_capacity(b * len);
+        per_chunk(b * len, len, parallel, f)
+    }
+
+    /// `total` floats in chunks of `len` (the last one may be shorter), chunk n written by
+    /// `f(n, chunk)` as in `per_image`.
+    fn per_chunk(total: usize, len: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let mut y: Vec<f32> = Vec::with_capacity(total);
         let one = |(n, image): (usize, &mut [std::mem::MaybeUninit<f32>])| {
             image.fill(std::mem::MaybeUninit::new(0.0));
             // SAFETY: every element was initialised just above, and MaybeUninit<f32> has the
             // layout of f32.
             f(n, unsafe { &mut *(image as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) })
         };
-        for_each_chunk(&mut y.spare_capacity_mut()[..b * len], len.max(1), parallel, one);
-        // SAFETY: `one` initialised every chunk of the first b * len elements (a panic in `f`
+        for_each_chunk(&mut y.spare_capacity_mut()[..total], len.max(1), parallel, one);
+        // SAFETY: `one` initialised every chunk of the first `total` elements (a panic in `f`
         // unwinds past this line, leaving the vector empty).
-        unsafe { y.set_len(b * len) };
+        unsafe { y.set_len(total) };
         y
+    }
+
+    /// Gemm columns (tiles) a Winograd group aims at: a 28x28 image alone (210 with the junk
+    /// columns), two at 14x14, six at 7x7 (20 each). Measured with `dp sample`: 64 to 256 alike,
+    /// 1024 6% and 2048 14% slower (the group's transformed input no longer stays in cache).
+    const WINOGRAD_COLUMNS: usize = 128;
+
+    impl Geom {
+        /// 3x3 stride-1 convolutions with enough input channels that the 16 gemms outweigh the
+        /// transforms run on F(2x2, 3x3) (`winograd`); `DP_NO_WINOGRAD=1` turns it off (A/B).
+        fn winograd(&self) -> bool {
+            (self.kh, self.kw, self.sh, self.sw) == (3, 3, 1, 1) && self.cin >= 8 && !*NO_WINOGRAD
+        }
+    }
+
+    /// `forward` on Winograd's F(2x2, 3x3): images go in groups of about `WINOGRAD_COLUMNS`
+    /// tiles, each group's inputs transformed into one `[16][cin][tiles]` buffer, multiplied by the
+    /// transformed weight in 16 gemms, and transformed back image by image with the epilogue.
+    fn forward_winograd(g: &Geom, x: &[&[f32]], w: &[f32], ep: &Epilogue) -> Vec<f32> {
+        const E: usize = winograd::ELEMS;
+        let u = winograd::weights(w, g.cout, g.cin);
+        let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+        // Padded planes `[2th + 2, 2·half]`, at least `[h + pt + pb, w + pl + pr]`; `tiles`
+        // counts the junk column of each tile row (`winograd::row_pitch`).
+        let half = winograd::row_pitch(tw);
+        let (tiles, hp) = (th * half, 2 * th + 2);
+        let (ohw, out_len) = (g.ohw(), g.out_len());
+        // Images per group: as many groups as threads at least (when there are images for it).
+        let groups = g.b.div_ceil((WINOGRAD_COLUMNS / tiles).max(1)).next_multiple_of(threads()).min(g.b);
+        let per = g.b.div_ceil(groups);
+        let parallel = g.b.div_ceil(per) >= threads() && threads() > 1;
+        let gemm_threads = if parallel { Parallelism::None } else { all_threads() };
+        let scale = |c: usize| ep.scale.as_ref().map_or(1.0, |s| s[c]);
+        let shift = |c: usize| ep.shift.as_ref().map_or(0.0, |s| s[c]);
+        per_chunk(g.b * out_len, per * out_len, parallel, |gi, ys| {
+            let imgs = ys.len() / out_len;
+            let n = imgs * tiles;
+            // Element blocks a cache line more than their size apart: at a multiple of 4 KiB
+            // (64 channels x 784 tiles) the transforms' 16 streams fell into the same L1 sets.
+            let (v_stride, m_stride) = (g.cin * n + 16, g.cout * n + 16);
+            with_scratch(0, E * v_stride, false, |v| {
+                // Every element of v the gemms read is written: each (image, channel) fills its
+                // tiles of all 16 elements.
+                with_scratch(1, hp * 2 * half + winograd::input_scratch(th, tw), true, |pad| {
+                    // The padding stays zero: only the interior is written, at the same places.
+                    let (xp, t) = pad.split_at_mut(hp * 2 * half);
+                    for i in 0..imgs {
+                        let parts = image_parts(x, g.b, gi * per + i);
+                        for (c, plane) in parts.iter().flat_map(|p| p.chunks(g.h * g.w)).enumerate() {
+                            winograd::split_plane(plane, g.w, (g.pt, g.pl), half, xp);
+                            winograd::input_plane(xp, th, tw, &mut v[c * n + i * tiles..], v_stride, t);
+                        }
+                    }
+                });
+                with_scratch(2, E * m_stride, false, |m| {
+                    for e in 0..E {
+                        matmul(g.cout, n, g.cin, &mut m[e * m_stride..], (n, 1), false, &u[e * g.cin * g.cout..], (1, g.cout), &v[e * v_stride..], (n, 1), gemm_threads);
+                    }
+                    let mut s = vec![0f32; winograd::output_scratch(th, tw)];
+                    for (i, y) in ys.chunks_mut(out_len).enumerate() {
+                        for (co, yc) in y.chunks_mut(ohw).enumerate() {
+                            winograd::output_plane(&m[co * n + i * tiles..], m_stride, th, tw, yc, g.oh, g.ow, (scale(co), shift(co)), &mut s);
+                        }
+                        if ep.gelu {
+                            gelu_in_place(y);
+                        }
+                    }
+                });
+            });
+        })
     }
 
     /// Gradients of `forward` (without bias) for the output gradient `gy`: `dx[b] =
@@ -1004,6 +1088,9 @@ mod tests {
         check_fused(3, &[2, 3], 5, 8, 1, true); // the skip connection's concatenation
         check_fused(3, &[4], 6, 9, 2, true); // DownConv (im2col)
         check_fused(2, &[1, 2], 4, 7, 2, false); // concatenated, im2col
+        check_fused(5, &[8], 6, 7, 1, true); // Winograd, 7x7 (cut tiles), 5 items in 2+ groups
+        check_fused(3, &[4, 6], 5, 14, 1, true); // Winograd on a concatenation
+        check_fused(1, &[8], 3, 8, 1, false); // Winograd, one item: threaded gemm
     }
 
     /// The transposed convolution on per-phase gemms (+ BatchNorm + GELU) against burn's
@@ -1057,5 +1144,11 @@ mod tests {
         check(4, 2, 3, [8, 8], 4, 2, 1, true); // even kernel
         check(2, 2, 3, [3, 4], 3, 2, 2, true); // padding wider than the taps reach
         check(2, 2, 3, [2, 9], 3, 3, 1, true); // stride 3, a side shorter than the kernel
+        // 8+ input channels: Winograd F(2x2, 3x3) forward (the backward stays on gemms)
+        check(3, 8, 5, [9, 9], 3, 1, 1, true); // odd side: the last tiles cut
+        check(1, 9, 4, [6, 10], 3, 1, 1, false); // one item, even sides, not square
+        check(2, 8, 3, [7, 6], 3, 1, 0, true); // no padding
+        check(2, 8, 3, [5, 4], 3, 1, 2, true); // padding wider than the taps reach
+        check(2, 16, 6, [1, 1], 3, 1, 1, true); // a single pixel
     }
 }
