@@ -541,10 +541,15 @@ pub(crate) mod flex {
             }
         }
 
+        /// Channel c's `(scale, shift)`, `(1, 0)` where there is none.
+        fn affine(&self, c: usize) -> (f32, f32) {
+            (self.scale.as_ref().map_or(1.0, |s| s[c]), self.shift.as_ref().map_or(0.0, |s| s[c]))
+        }
+
         /// `dst[k·step] = src[k] · scale[c] + shift[c]`.
         #[inline]
         fn write_strided(&self, c: usize, src: &[f32], dst: &mut [f32], step: usize) {
-            let (s, b) = (self.scale.as_ref().map_or(1.0, |s| s[c]), self.shift.as_ref().map_or(0.0, |s| s[c]));
+            let (s, b) = self.affine(c);
             dst.iter_mut().step_by(step).zip(src).for_each(|(d, v)| *d = v * s + b);
         }
 
@@ -906,8 +911,6 @@ pub(crate) mod flex {
         let per = g.b.div_ceil(groups);
         let parallel = g.b.div_ceil(per) >= threads() && threads() > 1;
         let gemm_threads = if parallel { Parallelism::None } else { all_threads() };
-        let scale = |c: usize| ep.scale.as_ref().map_or(1.0, |s| s[c]);
-        let shift = |c: usize| ep.shift.as_ref().map_or(0.0, |s| s[c]);
         per_chunk(g.b * out_len, per * out_len, parallel, |gi, ys| {
             let imgs = ys.len() / out_len;
             let n = imgs * tiles;
@@ -935,7 +938,7 @@ pub(crate) mod flex {
                     let mut s = vec![0f32; winograd::output_scratch(th, tw)];
                     for (i, y) in ys.chunks_mut(out_len).enumerate() {
                         for (co, yc) in y.chunks_mut(ohw).enumerate() {
-                            winograd::output_plane(&m[co * n + i * tiles..], m_stride, th, tw, yc, g.oh, g.ow, (scale(co), shift(co)), &mut s);
+                            winograd::output_plane(&m[co * n + i * tiles..], m_stride, th, tw, yc, g.oh, g.ow, ep.affine(co), &mut s);
                         }
                         if ep.gelu {
                             gelu_in_place(y);

@@ -69,7 +69,7 @@ pub(super) fn input_scratch(th: usize, tw: usize) -> usize {
 }
 
 /// `V = Bᵀ d B` for every tile of one zero-padded input plane of `2·th + 2` rows, each `2·half`
-/// long in the `split_column` layout (`half = row_pitch(tw)`): tile (ty, tx) reads rows
+/// long in the `split_plane` layout (`half = row_pitch(tw)`): tile (ty, tx) reads rows
 /// `2ty..2ty+4`, columns `2tx..2tx+4`, and its element e goes to `v[e·e_stride + ty·half + tx]`
 /// (`tx = tw`: junk). `t` is scratch of `input_scratch` floats.
 pub(super) fn input_plane(xp: &[f32], th: usize, tw: usize, v: &mut [f32], e_stride: usize, t: &mut [f32]) {
