@@ -892,6 +892,35 @@ pub(crate) mod flex {
         fn winograd(&self) -> bool {
             (self.kh, self.kw, self.sh, self.sw) == (3, 3, 1, 1) && self.cin >= 8 && !*NO_WINOGRAD
         }
+
+        /// The stride-1 convolution whose output is this one's input gradient: the output
+        /// gradient correlated with the kernel flipped and transposed (`flipped`), padded by
+        /// `k - 1 - p` on each side. None for strides > 1 or paddings the taps do not reach.
+        #[cfg(not(target_arch = "wasm32"))]
+        fn input_gradient(&self) -> Option<Geom> {
+            // Stride 1: oh = h + pt + pb - kh + 1, so the bottom and right paddings are implied.
+            let pb = (self.oh + self.kh - 1).checked_sub(self.h + self.pt)?;
+            let pr = (self.ow + self.kw - 1).checked_sub(self.w + self.pl)?;
+            if (self.sh, self.sw) != (1, 1) || self.pt.max(pb) >= self.kh || self.pl.max(pr) >= self.kw {
+                return None;
+            }
+            let (kh, kw) = (self.kh, self.kw);
+            Some(Geom { b: self.b, cin: self.cout, h: self.oh, w: self.ow, cout: self.cin, kh, kw, sh: 1, sw: 1, pt: kh - 1 - self.pt, pl: kw - 1 - self.pl, oh: self.h, ow: self.w })
+        }
+    }
+
+    /// `[cout, cin, kh, kw]` weights as `[cin, cout, kh, kw]`, each kernel turned 180 degrees:
+    /// the weights of `Geom::input_gradient`.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn flipped(w: &[f32], cout: usize, cin: usize, taps: usize) -> Vec<f32> {
+        let mut f = vec![0f32; w.len()];
+        for (co, wo) in w.chunks(cin * taps).enumerate() {
+            for (ci, k) in wo.chunks(taps).enumerate() {
+                let dst = &mut f[(ci * cout + co) * taps..][..taps];
+                dst.iter_mut().zip(k.iter().rev()).for_each(|(d, s)| *d = *s);
+            }
+        }
+        f
     }
 
     /// `forward` on Winograd's F(2x2, 3x3): images go in groups of about `WINOGRAD_COLUMNS`
@@ -949,10 +978,25 @@ pub(crate) mod flex {
         })
     }
 
-    /// Gradients of `forward` (without bias) for the output gradient `gy`: `dx[b] =
-    /// col2im(wᵀ @ gy[b])` and `dw = Σ_b gy[b] @ im2col(x[b])ᵀ`, each only when asked for.
+    /// Gradients of `forward` (without bias) for the output gradient `gy`, each only when asked
+    /// for. Where the input gradient's own convolution (`Geom::input_gradient`) takes Winograd's
+    /// path, dx is that forward pass (a third of a training step's multiply-adds); otherwise
+    /// both come from `backward_gemm`.
     #[cfg(not(target_arch = "wasm32"))]
     fn backward(g: &Geom, x: &[f32], w: &[f32], gy: &[f32], want_dx: bool, want_dw: bool) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+        match want_dx.then(|| g.input_gradient()).flatten().filter(Geom::winograd) {
+            Some(t) => {
+                let dx = forward_winograd(&t, &[gy], &flipped(w, g.cout, g.cin, g.kh * g.kw), &Epilogue::default());
+                let dw = want_dw.then(|| backward_gemm(g, x, w, gy, false, true).1).flatten();
+                (Some(dx), dw)
+            }
+            None => backward_gemm(g, x, w, gy, want_dx, want_dw),
+        }
+    }
+
+    /// `backward` on gemms: `dx[b] = col2im(wᵀ @ gy[b])` and `dw = Σ_b gy[b] @ im2col(x[b])ᵀ`.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn backward_gemm(g: &Geom, x: &[f32], w: &[f32], gy: &[f32], want_dx: bool, want_dw: bool) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
         let wlen = if want_dw { g.cout * g.k() } else { 0 };
         let one = |n: usize, dw: &mut Vec<f32>, dxb: Option<&mut [f32]>| {
             let (xb, gyb) = (&x[n * g.in_len()..][..g.in_len()], &gy[n * g.out_len()..][..g.out_len()]);
@@ -1147,11 +1191,17 @@ mod tests {
         check(4, 2, 3, [8, 8], 4, 2, 1, true); // even kernel
         check(2, 2, 3, [3, 4], 3, 2, 2, true); // padding wider than the taps reach
         check(2, 2, 3, [2, 9], 3, 3, 1, true); // stride 3, a side shorter than the kernel
-        // 8+ input channels: Winograd F(2x2, 3x3) forward (the backward stays on gemms)
+        // 8+ input channels: Winograd F(2x2, 3x3) forward; 8+ output channels: the input
+        // gradient on it too (a 3x3 stride-1 convolution of gy with the flipped kernel)
         check(3, 8, 5, [9, 9], 3, 1, 1, true); // odd side: the last tiles cut
         check(1, 9, 4, [6, 10], 3, 1, 1, false); // one item, even sides, not square
         check(2, 8, 3, [7, 6], 3, 1, 0, true); // no padding
         check(2, 8, 3, [5, 4], 3, 1, 2, true); // padding wider than the taps reach
         check(2, 16, 6, [1, 1], 3, 1, 1, true); // a single pixel
+        check(3, 4, 8, [9, 9], 3, 1, 1, true); // only the input gradient on Winograd
+        check(1, 8, 12, [6, 10], 3, 1, 1, false); // both; one item, even sides
+        check(2, 9, 8, [7, 6], 3, 1, 0, true); // both, no padding: the gradient padded by 2
+        check(2, 8, 10, [5, 4], 3, 1, 2, true); // both, padding 2: the gradient unpadded
+        check(2, 8, 8, [1, 1], 3, 1, 1, true); // both, a single pixel
     }
 }
