@@ -5,8 +5,8 @@
 //! transposed-convolution kernel; forward and backward together ran at under half the speed of
 //! well-shaped gemms per image (measured on the UNet's layers, batch 64). On Flex with f32
 //! tensors, groups 1 and dilation 1 this module computes each image with gemms on the raw buffers
-//! (shifted windows for stride 1, im2col otherwise; the forward pass of 3x3 stride-1 convolutions
-//! on Winograd's F(2x2, 3x3), module `winograd`), in and out of autodiff (on the desktop;
+//! (shifted windows for stride 1, im2col otherwise; 3x3 stride-1 convolutions on Winograd's
+//! F(2x2, 3x3), module `winograd`: forward, input and weight gradients), in and out of autodiff (on the desktop;
 //! the browser's CPU fallback runs the same inference kernels on one thread with gemm's simd128
 //! kernels); everything else (wgpu/WebGPU, f16, grouped or dilated convolutions) goes to burn's
 //! own `Conv2d::forward`. Set `DP_BURN_CONV=1` to force burn's path (for A/B benchmarks).
@@ -923,51 +923,84 @@ pub(crate) mod flex {
         f
     }
 
-    /// `forward` on Winograd's F(2x2, 3x3): images go in groups of about `WINOGRAD_COLUMNS`
-    /// tiles, each group's inputs transformed into one `[16][cin][tiles]` buffer, multiplied by the
-    /// transformed weight in 16 gemms, and transformed back image by image with the epilogue.
+    /// How a layer's images are tiled and grouped on Winograd's path: groups of about
+    /// `WINOGRAD_COLUMNS` tiles, as many groups as threads at least (when there are images for
+    /// it), each group's transformed input one `[16][cin][n]` buffer.
+    struct Tiling {
+        th: usize,
+        tw: usize,
+        /// Tiles per image, counting the junk column of each tile row (`winograd::row_pitch`).
+        tiles: usize,
+        /// Images per group.
+        per: usize,
+        /// Groups run in parallel (single-threaded gemms); otherwise in turn with every thread.
+        parallel: bool,
+    }
+
+    impl Tiling {
+        fn new(g: &Geom) -> Self {
+            let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+            let tiles = th * winograd::row_pitch(tw);
+            let groups = g.b.div_ceil((WINOGRAD_COLUMNS / tiles).max(1)).next_multiple_of(threads()).min(g.b);
+            let per = g.b.div_ceil(groups);
+            Self { th, tw, tiles, per, parallel: g.b.div_ceil(per) >= threads() && threads() > 1 }
+        }
+
+        fn gemm_threads(&self) -> Parallelism {
+            if self.parallel { Parallelism::None } else { all_threads() }
+        }
+
+        /// Element blocks of `channels` rows of n columns, a cache line more than their size
+        /// apart: at a multiple of 4 KiB (64 channels x 784 tiles) the transforms' 16 streams
+        /// fell into the same L1 sets.
+        fn stride(channels: usize, n: usize) -> usize {
+            channels * n + 16
+        }
+
+        /// `V = Bᵀ d B` of images `first..first + imgs` (parts of `x`) into `v`, element e of
+        /// channel c's tiles of image i at `v[e·v_stride + c·n + i·tiles..]`. Every element of v
+        /// the gemms read is written.
+        fn inputs(&self, g: &Geom, x: &[&[f32]], first: usize, imgs: usize, v: &mut [f32], v_stride: usize) {
+            let (th, tw, half) = (self.th, self.tw, winograd::row_pitch(self.tw));
+            // Padded planes `[2th + 2, 2·half]`, at least `[h + pt + pb, w + pl + pr]`.
+            let hp = 2 * th + 2;
+            let n = imgs * self.tiles;
+            with_scratch(1, hp * 2 * half + winograd::input_scratch(th, tw), true, |pad| {
+                // The padding stays zero: only the interior is written, at the same places.
+                let (xp, t) = pad.split_at_mut(hp * 2 * half);
+                for i in 0..imgs {
+                    let parts = image_parts(x, g.b, first + i);
+                    for (c, plane) in parts.iter().flat_map(|p| p.chunks(g.h * g.w)).enumerate() {
+                        winograd::split_plane(plane, g.w, (g.pt, g.pl), half, xp);
+                        winograd::input_plane(xp, th, tw, &mut v[c * n + i * self.tiles..], v_stride, t);
+                    }
+                }
+            });
+        }
+    }
+
+    /// `forward` on Winograd's F(2x2, 3x3): images go in groups (`Tiling`), each group's inputs
+    /// transformed, multiplied by the transformed weight in 16 gemms, and transformed back image
+    /// by image with the epilogue.
     fn forward_winograd(g: &Geom, x: &[&[f32]], w: &[f32], ep: &Epilogue) -> Vec<f32> {
         const E: usize = winograd::ELEMS;
         let u = winograd::weights(w, g.cout, g.cin);
-        let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
-        // Padded planes `[2th + 2, 2·half]`, at least `[h + pt + pb, w + pl + pr]`; `tiles`
-        // counts the junk column of each tile row (`winograd::row_pitch`).
-        let half = winograd::row_pitch(tw);
-        let (tiles, hp) = (th * half, 2 * th + 2);
+        let tl = Tiling::new(g);
         let (ohw, out_len) = (g.ohw(), g.out_len());
-        // Images per group: as many groups as threads at least (when there are images for it).
-        let groups = g.b.div_ceil((WINOGRAD_COLUMNS / tiles).max(1)).next_multiple_of(threads()).min(g.b);
-        let per = g.b.div_ceil(groups);
-        let parallel = g.b.div_ceil(per) >= threads() && threads() > 1;
-        let gemm_threads = if parallel { Parallelism::None } else { all_threads() };
-        per_chunk(g.b * out_len, per * out_len, parallel, |gi, ys| {
+        per_chunk(g.b * out_len, tl.per * out_len, tl.parallel, |gi, ys| {
             let imgs = ys.len() / out_len;
-            let n = imgs * tiles;
-            // Element blocks a cache line more than their size apart: at a multiple of 4 KiB
-            // (64 channels x 784 tiles) the transforms' 16 streams fell into the same L1 sets.
-            let (v_stride, m_stride) = (g.cin * n + 16, g.cout * n + 16);
+            let n = imgs * tl.tiles;
+            let (v_stride, m_stride) = (Tiling::stride(g.cin, n), Tiling::stride(g.cout, n));
             with_scratch(0, E * v_stride, false, |v| {
-                // Every element of v the gemms read is written: each (image, channel) fills its
-                // tiles of all 16 elements.
-                with_scratch(1, hp * 2 * half + winograd::input_scratch(th, tw), true, |pad| {
-                    // The padding stays zero: only the interior is written, at the same places.
-                    let (xp, t) = pad.split_at_mut(hp * 2 * half);
-                    for i in 0..imgs {
-                        let parts = image_parts(x, g.b, gi * per + i);
-                        for (c, plane) in parts.iter().flat_map(|p| p.chunks(g.h * g.w)).enumerate() {
-                            winograd::split_plane(plane, g.w, (g.pt, g.pl), half, xp);
-                            winograd::input_plane(xp, th, tw, &mut v[c * n + i * tiles..], v_stride, t);
-                        }
-                    }
-                });
+                tl.inputs(g, x, gi * tl.per, imgs, v, v_stride);
                 with_scratch(2, E * m_stride, false, |m| {
                     for e in 0..E {
-                        matmul(g.cout, n, g.cin, &mut m[e * m_stride..], (n, 1), false, &u[e * g.cin * g.cout..], (1, g.cout), &v[e * v_stride..], (n, 1), gemm_threads);
+                        matmul(g.cout, n, g.cin, &mut m[e * m_stride..], (n, 1), false, &u[e * g.cin * g.cout..], (1, g.cout), &v[e * v_stride..], (n, 1), tl.gemm_threads());
                     }
-                    let mut s = vec![0f32; winograd::output_scratch(th, tw)];
+                    let mut s = vec![0f32; winograd::output_scratch(tl.th, tl.tw)];
                     for (i, y) in ys.chunks_mut(out_len).enumerate() {
                         for (co, yc) in y.chunks_mut(ohw).enumerate() {
-                            winograd::output_plane(&m[co * n + i * tiles..], m_stride, th, tw, yc, g.oh, g.ow, ep.affine(co), &mut s);
+                            winograd::output_plane(&m[co * n + i * tl.tiles..], m_stride, tl.th, tl.tw, yc, g.oh, g.ow, ep.affine(co), &mut s);
                         }
                         if ep.gelu {
                             gelu_in_place(y);
@@ -978,20 +1011,68 @@ pub(crate) mod flex {
         })
     }
 
+    /// The weight gradient of `forward` on F(2x2, 3x3): per group, the inputs transformed as in
+    /// the forward pass (V) and the output gradient by `winograd::gradient_plane` (dM), then
+    /// `dU[e] += dM[e] · V[e]ᵀ` in 16 gemms of `[cout, n] x [n, cin]`, summed over groups, and
+    /// `Gᵀ dU G` per filter: 16 multiply-adds per 2x2 outputs where the shifted windows take 36.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn weight_gradient_winograd(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
+        const E: usize = winograd::ELEMS;
+        let tl = Tiling::new(g);
+        let (ohw, out_len, pairs) = (g.ohw(), g.out_len(), g.cout * g.cin);
+        let group = |gi: usize, mut du: Vec<f32>| {
+            let first = gi * tl.per;
+            let imgs = tl.per.min(g.b - first);
+            let n = imgs * tl.tiles;
+            let (v_stride, m_stride) = (Tiling::stride(g.cin, n), Tiling::stride(g.cout, n));
+            with_scratch(0, E * v_stride, false, |v| {
+                tl.inputs(g, &[x], first, imgs, v, v_stride);
+                with_scratch(2, E * m_stride, false, |dm| {
+                    let mut t = vec![0f32; winograd::gradient_scratch(tl.th, tl.tw)];
+                    for (i, gyb) in gy[first * out_len..][..imgs * out_len].chunks(out_len).enumerate() {
+                        for (co, plane) in gyb.chunks(ohw).enumerate() {
+                            winograd::gradient_plane(plane, g.oh, g.ow, tl.th, tl.tw, &mut dm[co * n + i * tl.tiles..], m_stride, &mut t);
+                        }
+                    }
+                    for e in 0..E {
+                        matmul(g.cout, g.cin, n, &mut du[e * pairs..], (g.cin, 1), true, &dm[e * m_stride..], (n, 1), &v[e * v_stride..], (1, n), tl.gemm_threads());
+                    }
+                });
+            });
+            du
+        };
+        let groups = g.b.div_ceil(tl.per);
+        let zeros = || vec![0f32; E * pairs];
+        let du = if tl.parallel {
+            let sum = |mut a: Vec<f32>, b: Vec<f32>| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            };
+            (0..groups).into_par_iter().fold(zeros, |du, gi| group(gi, du)).reduce(zeros, sum)
+        } else {
+            (0..groups).fold(zeros(), |du, gi| group(gi, du))
+        };
+        winograd::weight_gradients(&du, g.cout, g.cin)
+    }
+
     /// Gradients of `forward` (without bias) for the output gradient `gy`, each only when asked
     /// for. Where the input gradient's own convolution (`Geom::input_gradient`) takes Winograd's
-    /// path, dx is that forward pass (a third of a training step's multiply-adds); otherwise
-    /// both come from `backward_gemm`.
+    /// path, dx is that forward pass; where the layer's does, dw comes from
+    /// `weight_gradient_winograd` (each a third of a training step's multiply-adds); what is
+    /// left from `backward_gemm`.
     #[cfg(not(target_arch = "wasm32"))]
     fn backward(g: &Geom, x: &[f32], w: &[f32], gy: &[f32], want_dx: bool, want_dw: bool) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-        match want_dx.then(|| g.input_gradient()).flatten().filter(Geom::winograd) {
-            Some(t) => {
-                let dx = forward_winograd(&t, &[gy], &flipped(w, g.cout, g.cin, g.kh * g.kw), &Epilogue::default());
-                let dw = want_dw.then(|| backward_gemm(g, x, w, gy, false, true).1).flatten();
-                (Some(dx), dw)
-            }
-            None => backward_gemm(g, x, w, gy, want_dx, want_dw),
+        let dx = want_dx.then(|| g.input_gradient()).flatten().filter(Geom::winograd);
+        let dx = dx.map(|t| forward_winograd(&t, &[gy], &flipped(w, g.cout, g.cin, g.kh * g.kw), &Epilogue::default()));
+        // Both transforms' costs are per channel: with a single output channel the 16 gemms of
+        // one row each would not pay for the input transform.
+        let dw = (want_dw && g.winograd() && g.cout >= 8).then(|| weight_gradient_winograd(g, x, gy));
+        let (rest_dx, rest_dw) = (want_dx && dx.is_none(), want_dw && dw.is_none());
+        if !rest_dx && !rest_dw {
+            return (dx, dw);
         }
+        let (gx, gw) = backward_gemm(g, x, w, gy, rest_dx, rest_dw);
+        (dx.or(gx), dw.or(gw))
     }
 
     /// `backward` on gemms: `dx[b] = col2im(wᵀ @ gy[b])` and `dw = Σ_b gy[b] @ im2col(x[b])ᵀ`.
@@ -1192,7 +1273,8 @@ mod tests {
         check(2, 2, 3, [3, 4], 3, 2, 2, true); // padding wider than the taps reach
         check(2, 2, 3, [2, 9], 3, 3, 1, true); // stride 3, a side shorter than the kernel
         // 8+ input channels: Winograd F(2x2, 3x3) forward; 8+ output channels: the input
-        // gradient on it too (a 3x3 stride-1 convolution of gy with the flipped kernel)
+        // gradient on it too (a 3x3 stride-1 convolution of gy with the flipped kernel); both:
+        // the weight gradient as well
         check(3, 8, 5, [9, 9], 3, 1, 1, true); // odd side: the last tiles cut
         check(1, 9, 4, [6, 10], 3, 1, 1, false); // one item, even sides, not square
         check(2, 8, 3, [7, 6], 3, 1, 0, true); // no padding
@@ -1203,5 +1285,6 @@ mod tests {
         check(2, 9, 8, [7, 6], 3, 1, 0, true); // both, no padding: the gradient padded by 2
         check(2, 8, 10, [5, 4], 3, 1, 2, true); // both, padding 2: the gradient unpadded
         check(2, 8, 8, [1, 1], 3, 1, 1, true); // both, a single pixel
+        check(5, 8, 9, [5, 4], 3, 1, 1, true); // both, five images in groups of three and two
     }
 }

@@ -7,7 +7,9 @@
 //!
 //! Layouts: a transformed weight is `[16][cin][cout]` (each element's `[cout, cin]` matrix
 //! column-major, as the shifted-window gemms take theirs), a transformed input `[16][cin][n]`
-//! and the gemms' product `[16][cout][n]`, n counting tiles.
+//! and the gemms' product `[16][cout][n]`, n counting tiles. The weight gradient (training)
+//! runs the same way backwards: the output gradient transformed to `[16][cout][n]`, its gemms
+//! with the transformed input summed over tiles into `[16][cout][cin]`, transformed back by G.
 
 use crate::simd::widest;
 
@@ -174,6 +176,76 @@ fn output_loops(m: &[f32], e_stride: usize, th: usize, tw: usize, y: &mut [f32],
     }
 }
 
+/// Scratch floats `gradient_plane` needs.
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) fn gradient_scratch(th: usize, tw: usize) -> usize {
+    4 * th * row_pitch(tw)
+}
+
+/// The weight gradient's side of the output transform: `A dY Aᵀ` for every 2x2 block dY of one
+/// output-gradient plane `gy` `[oh, ow]` (zero past its edges), tile (ty, tx)'s element e to
+/// `dm[e·e_stride + ty·half + tx]`, zero in the junk column. Since `Y = Aᵀ M A`, this is the
+/// gradient of M; the weights' is then `Gᵀ (Σ_tiles dM ⊙ V) G` (`weight_gradients`). `t` is
+/// scratch of `gradient_scratch` floats.
+#[cfg(not(target_arch = "wasm32"))]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gradient_plane(gy: &[f32], oh: usize, ow: usize, th: usize, tw: usize, dm: &mut [f32], e_stride: usize, t: &mut [f32]) {
+    widest!(|gy: &[f32], oh: usize, ow: usize, th: usize, tw: usize, dm: &mut [f32], e_stride: usize, t: &mut [f32]| {
+        let (half, len) = (row_pitch(tw), th * row_pitch(tw));
+        // The blocks' four corners as whole-plane arrays: `t[2dy + dx][ty·half + tx]` =
+        // gy[2ty + dy][2tx + dx], so every loop below runs over the whole plane at once.
+        let t = &mut t[..4 * len];
+        t.fill(0.0);
+        for (oy, row) in gy[..oh * ow].chunks(ow).enumerate() {
+            for (dx, corner) in t[(oy % 2) * 2 * len..][..2 * len].chunks_mut(len).enumerate() {
+                let to = &mut corner[(oy / 2) * half..][..tw];
+                to.iter_mut().zip(row[dx..].iter().step_by(2)).for_each(|(d, s)| *d = *s);
+            }
+        }
+        let (e0, o0, e1, o1) = (&t[..len], &t[len..2 * len], &t[2 * len..3 * len], &t[3 * len..]);
+        // A = [[1, 0], [1, 1], [1, -1], [0, -1]]: down the columns row r of A dY is (even,
+        // odd) = (r0, r0 + r1, r0 - r1, -r1) of the block's rows, then the same along the row.
+        let at = |r: usize| [0, 1, 2, 3].map(|c| (r * 4 + c) * e_stride);
+        gradient_row(four_mut(dm, at(0), len), |i| (e0[i], o0[i]));
+        gradient_row(four_mut(dm, at(1), len), |i| (e0[i] + e1[i], o0[i] + o1[i]));
+        gradient_row(four_mut(dm, at(2), len), |i| (e0[i] - e1[i], o0[i] - o1[i]));
+        gradient_row(four_mut(dm, at(3), len), |i| (-e1[i], -o1[i]));
+    })
+}
+
+/// Row r of `A dY Aᵀ` from row r of `A dY` (`f(i)`: its even and odd column at tile i).
+#[cfg(not(target_arch = "wasm32"))]
+#[inline(always)]
+fn gradient_row([d0, d1, d2, d3]: [&mut [f32]; 4], f: impl Fn(usize) -> (f32, f32)) {
+    for i in 0..d0.len() {
+        let (even, odd) = f(i);
+        d0[i] = even;
+        d1[i] = even + odd;
+        d2[i] = even - odd;
+        d3[i] = -odd;
+    }
+}
+
+/// `Gᵀ dU G` for every (co, ci) of `du` `[16][cout][cin]` (the 4x4 gradients of the
+/// transformed filters): the weight gradient `[cout, cin, 3, 3]`.
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) fn weight_gradients(du: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    // Gᵀ = [[1, ½, ½, 0], [0, ½, -½, 0], [0, ½, ½, 1]] applied to four values.
+    let gt = |a: f32, b: f32, c: f32, d: f32| [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + d];
+    let pairs = cout * cin;
+    let mut dw = vec![0f32; pairs * 9];
+    for (p, out) in dw.chunks_mut(9).enumerate() {
+        let e = |i: usize, j: usize| du[(i * 4 + j) * pairs + p];
+        let rows = [0, 1, 2, 3].map(|i| gt(e(i, 0), e(i, 1), e(i, 2), e(i, 3))); // dU G, by row
+        for j in 0..3 {
+            for (i, v) in gt(rows[0][j], rows[1][j], rows[2][j], rows[3][j]).into_iter().enumerate() {
+                out[i * 3 + j] = v;
+            }
+        }
+    }
+    dw
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +268,44 @@ mod tests {
             }
         }
         y
+    }
+
+    /// The weight gradient of `direct` for the output gradient `gy`: `Σ gy[o] · x[o + tap - 1]`.
+    fn direct_weight_gradient(x: &[f32], gy: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let mut dg = vec![0f32; 9];
+        for (tap, d) in dg.iter_mut().enumerate() {
+            let (i, j) = (tap / 3, tap % 3);
+            for oy in 0..h {
+                for ox in 0..w {
+                    let (iy, ix) = (oy as isize + i as isize - 1, ox as isize + j as isize - 1);
+                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                        *d += gy[oy * w + ox] * x[iy as usize * w + ix as usize];
+                    }
+                }
+            }
+        }
+        dg
+    }
+
+    #[test]
+    fn one_channel_weight_gradient_matches_direct_on_odd_and_even_sides() {
+        for (h, w) in [(7usize, 7usize), (6, 9), (1, 1), (2, 5), (5, 2)] {
+            let x: Vec<f32> = (0..h * w).map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0).collect();
+            let gy: Vec<f32> = (0..h * w).map(|i| ((i * 11 % 13) as f32 - 6.0) / 3.0).collect();
+            let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+            let half = row_pitch(tw);
+            let mut xp = vec![0f32; (2 * th + 2) * 2 * half];
+            split_plane(&x, w, (1, 1), half, &mut xp);
+            let tiles = th * half;
+            let mut v = vec![0f32; ELEMS * tiles];
+            input_plane(&xp, th, tw, &mut v, tiles, &mut vec![0f32; input_scratch(th, tw)]);
+            let mut dm = vec![f32::NAN; ELEMS * tiles];
+            gradient_plane(&gy, h, w, th, tw, &mut dm, tiles, &mut vec![f32::NAN; gradient_scratch(th, tw)]);
+            let du: Vec<f32> = (0..ELEMS).map(|e| (0..tiles).map(|t| dm[e * tiles + t] * v[e * tiles + t]).sum()).collect();
+            for (a, b) in weight_gradients(&du, 1, 1).iter().zip(direct_weight_gradient(&x, &gy, h, w)) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{h}x{w}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]
