@@ -6,9 +6,9 @@
 //! well-shaped gemms per image (measured on the UNet's layers, batch 64). On Flex with f32
 //! tensors, groups 1 and dilation 1 this module computes each image with gemms on the raw buffers
 //! (shifted windows for stride 1, im2col otherwise; 3x3 stride-1 convolutions on Winograd's
-//! F(2x2, 3x3), module `winograd`: forward, input and weight gradients), in and out of autodiff (on the desktop;
-//! the browser's CPU fallback runs the same inference kernels on one thread with gemm's simd128
-//! kernels); everything else (wgpu/WebGPU, f16, grouped or dilated convolutions) goes to burn's
+//! F(2x2, 3x3), module `winograd`: forward, input and weight gradients), in and out of autodiff
+//! (on the desktop; the browser's CPU fallback runs the same inference kernels on one thread
+//! with gemm's simd128 kernels); everything else (wgpu/WebGPU, f16, grouped or dilated convolutions) goes to burn's
 //! own `Conv2d::forward`. Set `DP_BURN_CONV=1` to force burn's path (for A/B benchmarks).
 //!
 //! For inference (sampling, evaluation) two fused layers sit on the same kernels:
