@@ -250,41 +250,46 @@ pub(super) fn weight_gradients(du: &[f32], cout: usize, cin: usize) -> Vec<f32> 
 mod tests {
     use super::*;
 
+    /// Calls `f(output index, tap, input index)` for every tap of a 3x3 correlation of one
+    /// `[h, w]` plane padded by 1 that lands inside the plane.
+    fn each_tap(h: usize, w: usize, mut f: impl FnMut(usize, usize, usize)) {
+        for oy in 0..h {
+            for ox in 0..w {
+                for tap in 0..9 {
+                    let (iy, ix) = ((oy + tap / 3).wrapping_sub(1), (ox + tap % 3).wrapping_sub(1));
+                    if iy < h && ix < w {
+                        f(oy * w + ox, tap, iy * w + ix);
+                    }
+                }
+            }
+        }
+    }
+
     /// Direct correlation of one channel, `[h, w]` padded by 1 -> `[h, w]`.
     fn direct(x: &[f32], h: usize, w: usize, g: &[f32]) -> Vec<f32> {
         let mut y = vec![0f32; h * w];
-        for oy in 0..h {
-            for ox in 0..w {
-                let mut acc = 0.0;
-                for i in 0..3 {
-                    for j in 0..3 {
-                        let (iy, ix) = (oy as isize + i as isize - 1, ox as isize + j as isize - 1);
-                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                            acc += x[iy as usize * w + ix as usize] * g[i * 3 + j];
-                        }
-                    }
-                }
-                y[oy * w + ox] = acc;
-            }
-        }
+        each_tap(h, w, |o, tap, i| y[o] += x[i] * g[tap]);
         y
     }
 
     /// The weight gradient of `direct` for the output gradient `gy`: `Σ gy[o] · x[o + tap - 1]`.
     fn direct_weight_gradient(x: &[f32], gy: &[f32], h: usize, w: usize) -> Vec<f32> {
         let mut dg = vec![0f32; 9];
-        for (tap, d) in dg.iter_mut().enumerate() {
-            let (i, j) = (tap / 3, tap % 3);
-            for oy in 0..h {
-                for ox in 0..w {
-                    let (iy, ix) = (oy as isize + i as isize - 1, ox as isize + j as isize - 1);
-                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                        *d += gy[oy * w + ox] * x[iy as usize * w + ix as usize];
-                    }
-                }
-            }
-        }
+        each_tap(h, w, |o, tap, i| dg[tap] += gy[o] * x[i]);
         dg
+    }
+
+    /// One channel `[h, w]` padded by 1 through the input transform: its tile rows and columns,
+    /// tiles per element, and V `[16][tiles]`.
+    fn transformed_input(x: &[f32], h: usize, w: usize) -> (usize, usize, usize, Vec<f32>) {
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let half = row_pitch(tw);
+        let mut xp = vec![0f32; (2 * th + 2) * 2 * half];
+        split_plane(x, w, (1, 1), half, &mut xp);
+        let tiles = th * half;
+        let mut v = vec![0f32; ELEMS * tiles];
+        input_plane(&xp, th, tw, &mut v, tiles, &mut vec![0f32; input_scratch(th, tw)]);
+        (th, tw, tiles, v)
     }
 
     #[test]
@@ -292,13 +297,7 @@ mod tests {
         for (h, w) in [(7usize, 7usize), (6, 9), (1, 1), (2, 5), (5, 2)] {
             let x: Vec<f32> = (0..h * w).map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0).collect();
             let gy: Vec<f32> = (0..h * w).map(|i| ((i * 11 % 13) as f32 - 6.0) / 3.0).collect();
-            let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-            let half = row_pitch(tw);
-            let mut xp = vec![0f32; (2 * th + 2) * 2 * half];
-            split_plane(&x, w, (1, 1), half, &mut xp);
-            let tiles = th * half;
-            let mut v = vec![0f32; ELEMS * tiles];
-            input_plane(&xp, th, tw, &mut v, tiles, &mut vec![0f32; input_scratch(th, tw)]);
+            let (th, tw, tiles, v) = transformed_input(&x, h, w);
             let mut dm = vec![f32::NAN; ELEMS * tiles];
             gradient_plane(&gy, h, w, th, tw, &mut dm, tiles, &mut vec![f32::NAN; gradient_scratch(th, tw)]);
             let du: Vec<f32> = (0..ELEMS).map(|e| (0..tiles).map(|t| dm[e * tiles + t] * v[e * tiles + t]).sum()).collect();
@@ -313,13 +312,7 @@ mod tests {
         for (h, w) in [(7usize, 7usize), (6, 9), (1, 1), (2, 5)] {
             let x: Vec<f32> = (0..h * w).map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0).collect();
             let g: Vec<f32> = (0..9).map(|i| ((i * 5 % 7) as f32 - 3.0) / 4.0).collect();
-            let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-            let half = row_pitch(tw);
-            let mut xp = vec![0f32; (2 * th + 2) * 2 * half];
-            split_plane(&x, w, (1, 1), half, &mut xp);
-            let tiles = th * half;
-            let mut v = vec![0f32; ELEMS * tiles];
-            input_plane(&xp, th, tw, &mut v, tiles, &mut vec![0f32; input_scratch(th, tw)]);
+            let (th, tw, tiles, v) = transformed_input(&x, h, w);
             let u = weights(&g, 1, 1);
             let m: Vec<f32> = (0..ELEMS * tiles).map(|i| v[i] * u[i / tiles]).collect();
             let mut y = vec![f32::NAN; h * w];
