@@ -118,6 +118,25 @@ fn flow_pipeline_and_bad_weights() {
     std::fs::write(w.join("run/config.json"), cfg).unwrap();
 
     fails(&w, &["sample", "--model", "run", "--digits", "3,12"], "12 is not a digit");
+    fails(&w, &["sample", "--model", "no_such_run"], "no_such_run: no such run directory or model file");
+    // A .bpk out of its run directory: its architecture is in the run's config.json.
+    std::fs::copy(&run_model, w.join("loose.bpk")).unwrap();
+    fails(&w, &["sample", "--model", "loose.bpk"], "loose.bpk is read with the training config.json of its run directory");
+    // Nothing to draw, no integration, or a scale that makes every pixel NaN: usage errors.
+    for (args, needle) in [
+        (&["sample", "--steps", "0"][..], "'0' for '--steps <STEPS>': must be at least 1"),
+        (&["sample", "--per-digit", "0"][..], "'0' for '--per-digit <PER_DIGIT>': must be at least 1"),
+        (&["eval", "--per-class", "0"][..], "'0' for '--per-class <PER_CLASS>': must be at least 1"),
+        (&["eval", "--batch", "0"][..], "'0' for '--batch <BATCH>': must be at least 1"),
+        (&["sample", "--guidance", "nan"][..], "'nan' for '--guidance <GUIDANCE>': must be a finite number"),
+        (&["sample", "--guidance", "inf"][..], "must be a finite number, got inf"),
+        (&["sample", "--steps", "many"][..], "not a whole number"),
+    ] {
+        let o = dp(&w, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "dp {args:?}: a usage error: {err}");
+        assert!(err.contains(needle), "dp {args:?}: expected '{needle}' in: {err}");
+    }
     fails(&w, &["train", "class-flow", "--out", "x", "--data", "/nonexistent/mnist"], "setup.sh");
     fails(&w, &["train", "class-flow", "--out", "x", "--data", d, "--lr=0"], "--lr must be a positive number");
     // The denoiser's default batch 256 hits burn 0.22's GPU reduction bug: refused up front.

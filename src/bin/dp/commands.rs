@@ -132,15 +132,33 @@ struct ClassifierArgs {
     seed: u64,
 }
 
+/// A count flag: 0 would draw nothing (or, for steps, not integrate at all).
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a whole number: {e}")),
+    }
+}
+
+/// A scale flag: NaN or infinity would turn every sample into NaN.
+fn finite(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("must be a finite number, got {v}")),
+        Err(e) => Err(format!("not a number: {e}")),
+    }
+}
+
 #[derive(Args, Clone)]
 struct SamplerArgs {
     /// Euler steps (or Heun steps: each costs two model calls).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = at_least_one)]
     steps: usize,
     #[arg(long, value_enum, default_value = "euler")]
     solver: Solver,
     /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = finite)]
     guidance: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -158,7 +176,7 @@ struct SampleArgs {
     #[arg(long, value_delimiter = ',')]
     digits: Option<Vec<usize>>,
     /// Samples per digit (rows of the grid).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     per_digit: usize,
     #[command(flatten)]
     sampler: SamplerArgs,
@@ -177,9 +195,9 @@ struct EvalArgs {
     epoch: Option<usize>,
     #[arg(long, default_value = "pkg:classifier")]
     classifier: String,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
     per_class: usize,
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 250, value_parser = at_least_one)]
     batch: usize,
     #[command(flatten)]
     sampler: SamplerArgs,

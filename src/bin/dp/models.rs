@@ -40,6 +40,9 @@ pub fn load_unet(spec: &str, epoch: Option<usize>, device: &Device) -> Result<(U
         return Ok((model, path));
     }
     let p = PathBuf::from(spec);
+    if !p.exists() {
+        return Err(Error::io(&p, "no such run directory or model file: give a run directory (config.json with model.bpk or epoch_N.bpk), a .bpk file inside one, or pkg:NAME for a model in pkg/manifest.json"));
+    }
     let (dir, file) = if p.is_dir() {
         let file = match epoch {
             Some(e) => p.join(format!("epoch_{e}.bpk")),
@@ -51,6 +54,9 @@ pub fn load_unet(spec: &str, epoch: Option<usize>, device: &Device) -> Result<(U
         (p.parent().unwrap_or(Path::new(".")).to_path_buf(), p.clone())
     };
     let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        return Err(Error::io(&cfg_path, format!("not found: {} is read with the training config.json of its run directory (`dp train` writes it); for a model in pkg/ use pkg:NAME", file.display())));
+    }
     let cfg: TrainConfig = serde_json::from_slice(&read(&cfg_path)?)
         .map_err(|e| Error::format(&cfg_path, format!("not a training config: {e}")))?;
     let model = load_unet_file(&cfg.unet(), &file, device)?;
