@@ -106,6 +106,21 @@ fn bad_input_is_a_clean_error() {
     fails(&w, &["anagram", "--prompt", "a rocket", "--view", "twirl"], "unknown view \"twirl\"");
     fails(&w, &["anagram", "--prompt", "a rocket", "--prompt", "", "--view", "flip"], "give one --view per --prompt");
     fails(&w, &["hybrid", "--low", "a rocket", "--high", "a rocket"], "kernel 33");
+    fails(&w, &["hybrid", "--low", "a rocket", "--high", "a rocket", "--kernel", "15", "--sigma", "0"], "blur sigma must be a positive number, got 0");
+    // No images, a stride that never steps, NaN guidance, zero-sized PNGs: usage errors (clap's 2).
+    for (args, needle) in [
+        (&["sample", "--n", "0"][..], "'0' for '--n <N>': must be at least 1"),
+        (&["sample", "--guidance", "NaN"][..], "'NaN' for '--guidance <GUIDANCE>': must be a finite number"),
+        (&["sample", "--scale", "0"][..], "'0' for '--scale <SCALE>': must be at least 1"),
+        (&["hybrid", "--low", "a rocket", "--high", "a rocket", "--sigma", "inf"][..], "must be a finite number, got inf"),
+    ] {
+        let o = run(&w, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "dp if {args:?}: a usage error: {err}");
+        assert!(err.contains(needle), "dp if {args:?}: expected '{needle}' in: {err}");
+    }
+    let o = dp(&w, &["if", "--unet", UNET, "--embeddings", "prompts.safetensors", "--stride", "0", "sample"]);
+    assert!(o.status.code() == Some(2) && String::from_utf8_lossy(&o.stderr).contains("'0' for '--stride <STRIDE>': must be at least 1"));
     let o = dp(&w, &["if", "--embeddings", "prompts.safetensors", "sample"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--unet is required"));
     let o = dp(&w, &["if", "--unet", "nowhere", "--embeddings", "prompts.safetensors", "sample"]);

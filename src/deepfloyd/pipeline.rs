@@ -299,6 +299,10 @@ pub fn hybrid<M: Denoiser>(
     if kernel % 2 == 0 || kernel / 2 >= side {
         return Err(Error::Invalid(format!("blur kernel {kernel} must be odd and its half-width below the image side {side}")));
     }
+    // sigma 0 divides by zero in the kernel's weights; NaN or infinity makes every weight NaN or equal.
+    if !(sigma.is_finite() && sigma > 0.0) {
+        return Err(Error::Invalid(format!("blur sigma must be a positive number, got {sigma}")));
+    }
     let x = noise.next([1, 3, side, side], &low.cond.device())?;
     denoise_loop(
         sched,

@@ -21,6 +21,7 @@ use diffusion_playground::mnist::{CLASSES, PIXELS};
 use diffusion_playground::rng::Rng;
 use diffusion_playground::{Error, Result};
 
+use crate::args::{at_least_one, finite};
 use crate::models;
 
 #[derive(Parser)]
@@ -130,24 +131,6 @@ struct ClassifierArgs {
     lr: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-}
-
-/// A count flag: 0 would draw nothing (or, for steps, not integrate at all).
-fn at_least_one(s: &str) -> std::result::Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("not a whole number: {e}")),
-    }
-}
-
-/// A scale flag: NaN or infinity would turn every sample into NaN.
-fn finite(s: &str) -> std::result::Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        Ok(v) => Err(format!("must be a finite number, got {v}")),
-        Err(e) => Err(format!("not a number: {e}")),
-    }
 }
 
 #[derive(Args, Clone)]

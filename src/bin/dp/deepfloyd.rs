@@ -20,6 +20,8 @@ use diffusion_playground::rng::Rng;
 use diffusion_playground::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::args::{at_least_one, finite};
+
 #[derive(Args)]
 pub struct IfArgs {
     #[command(flatten)]
@@ -88,10 +90,10 @@ struct Common {
     #[arg(long, global = true, default_value = "")]
     null: String,
     /// Guidance scale (the course uses 7); 0 turns guidance off (one model call per step).
-    #[arg(long, global = true, default_value_t = 7.0)]
+    #[arg(long, global = true, default_value_t = 7.0, value_parser = finite)]
     guidance: f32,
     /// Stride of the timesteps 990, 990 - stride, ..., 0.
-    #[arg(long, global = true, default_value_t = 30)]
+    #[arg(long, global = true, default_value_t = 30, value_parser = at_least_one)]
     stride: usize,
     #[arg(long, global = true, default_value_t = 0)]
     seed: u64,
@@ -103,7 +105,7 @@ struct Common {
     #[arg(long, global = true, default_value = "out/deepfloyd")]
     out: PathBuf,
     /// Pixel scale of the written PNGs.
-    #[arg(long, global = true, default_value_t = 4)]
+    #[arg(long, global = true, default_value_t = 4, value_parser = at_least_one)]
     scale: usize,
 }
 
@@ -132,7 +134,7 @@ enum IfCommand {
     Sample {
         #[arg(long, default_value = "a high quality photo")]
         prompt: String,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         n: usize,
     },
     /// SDEdit: the image noised to each i_start and denoised back under the prompt.
@@ -170,7 +172,7 @@ enum IfCommand {
         high: String,
         #[arg(long, default_value_t = 33)]
         kernel: usize,
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 2.0, value_parser = finite)]
         sigma: f32,
     },
 }
