@@ -984,7 +984,11 @@ pub(crate) mod flex {
     /// by image with the epilogue.
     fn forward_winograd(g: &Geom, x: &[&[f32]], w: &[f32], ep: &Epilogue) -> Vec<f32> {
         const E: usize = winograd::ELEMS;
-        let u = winograd::weights(w, g.cout, g.cin);
+        // U = G g Gᵀ `[cin][16][cout]`, input channels split over the threads: memory-bound
+        // (9 floats in, 16 out per filter), a sixth of an IF-I-M step when one thread did it.
+        let mut u = vec![0f32; E * g.cin * g.cout];
+        let per = g.cin.div_ceil(threads());
+        for_each_chunk(&mut u, per * E * g.cout, threads() > 1, |(i, part)| winograd::weights_into(w, g.cout, g.cin, i * per, part));
         let tl = Tiling::new(g);
         let (ohw, out_len) = (g.ohw(), g.out_len());
         per_chunk(g.b * out_len, tl.per * out_len, tl.parallel, |gi, ys| {
@@ -995,7 +999,7 @@ pub(crate) mod flex {
                 tl.inputs(g, x, gi * tl.per, imgs, v, v_stride);
                 with_scratch(2, E * m_stride, false, |m| {
                     for e in 0..E {
-                        matmul(g.cout, n, g.cin, &mut m[e * m_stride..], (n, 1), false, &u[e * g.cin * g.cout..], (1, g.cout), &v[e * v_stride..], (n, 1), tl.gemm_threads());
+                        matmul(g.cout, n, g.cin, &mut m[e * m_stride..], (n, 1), false, &u[e * g.cout..], (1, E * g.cout), &v[e * v_stride..], (n, 1), tl.gemm_threads());
                     }
                     let mut s = vec![0f32; winograd::output_scratch(tl.th, tl.tw)];
                     for (i, y) in ys.chunks_mut(out_len).enumerate() {

@@ -5,8 +5,9 @@
 //! convolution needs 36: 2.25x fewer. The transforms are additions and halvings, so the result
 //! differs from direct convolution by a few ulp of its terms (see the conv tests' tolerances).
 //!
-//! Layouts: a transformed weight is `[16][cin][cout]` (each element's `[cout, cin]` matrix
-//! column-major, as the shifted-window gemms take theirs), a transformed input `[16][cin][n]`
+//! Layouts: a transformed weight is `[cin][16][cout]` (each element's `[cout, cin]` matrix
+//! column-major with a column stride of 16·cout, so a range of input channels is one contiguous
+//! block that a thread transforms alone), a transformed input `[16][cin][n]`
 //! and the gemms' product `[16][cout][n]`, n counting tiles. The weight gradient (training)
 //! runs the same way backwards: the output gradient transformed to `[16][cout][n]`, its gemms
 //! with the transformed input summed over tiles into `[16][cout][cin]`, transformed back by G.
@@ -16,21 +17,21 @@ use crate::simd::widest;
 /// Elements of a 4x4 tile: gemms per layer.
 pub(super) const ELEMS: usize = 16;
 
-/// `U = G g Gᵀ` for every 3x3 filter `g = w[co][ci]` of a weight `[cout, cin, 3, 3]`, as
-/// `[16][cin][cout]`.
-pub(super) fn weights(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+/// `U = G g Gᵀ` for every 3x3 filter `g = w[co][ci]` of a weight `[cout, cin, 3, 3]` with ci
+/// in `ci0..`, as much of `[cin][16][cout]` as `u` holds (whole input channels, from ci0).
+pub(super) fn weights_into(w: &[f32], cout: usize, cin: usize, ci0: usize, u: &mut [f32]) {
     // G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]] applied to three values.
     let g3 = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    let mut u = vec![0f32; ELEMS * cin * cout];
     // Output channels in blocks of 16, transformed into a local [16][16] and written out as one
-    // cache line per element: the 16 element rows of u lie cin·cout floats apart (a multiple of
-    // 4 KiB at 768 x 768), so scattered single-value stores into them thrashed the same L1 sets
-    // (17% of an IF-I-M step on the CPU, every call).
+    // cache line per element (scattered single-value stores cost 17% of an IF-I-M step on the
+    // CPU), while the block's filter rows are read in order.
     const BLOCK: usize = 16;
     let mut block = [[0f32; BLOCK]; ELEMS];
+    let channels = u.len() / (ELEMS * cout);
     for c0 in (0..cout).step_by(BLOCK) {
         let n = BLOCK.min(cout - c0);
-        for ci in 0..cin {
+        for (ci, rows) in (ci0..ci0 + channels).zip(u.chunks_mut(ELEMS * cout)) {
+            debug_assert!(ci < cin);
             for k in 0..n {
                 let g = &w[((c0 + k) * cin + ci) * 9..][..9];
                 let cols = [g3(g[0], g[3], g[6]), g3(g[1], g[4], g[7]), g3(g[2], g[5], g[8])]; // G g, by column
@@ -40,19 +41,17 @@ pub(super) fn weights(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
                     }
                 }
             }
-            for (e, b) in block.iter().enumerate() {
-                let to = &mut u[(e * cin + ci) * cout + c0..];
+            for (b, row) in block.iter().zip(rows.chunks_mut(cout)) {
                 // A constant length for whole blocks: one vector store, where a copy of n
                 // floats was a call to memmove.
                 if n == BLOCK {
-                    to[..BLOCK].copy_from_slice(b);
+                    row[c0..c0 + BLOCK].copy_from_slice(b);
                 } else {
-                    to[..n].copy_from_slice(&b[..n]);
+                    row[c0..c0 + n].copy_from_slice(&b[..n]);
                 }
             }
         }
     }
-    u
 }
 
 /// One input plane `[h, w]` into a zero-padded plane (rows `2·half` long, the top padding
@@ -332,7 +331,8 @@ mod tests {
             let x: Vec<f32> = (0..h * w).map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0).collect();
             let g: Vec<f32> = (0..9).map(|i| ((i * 5 % 7) as f32 - 3.0) / 4.0).collect();
             let (th, tw, tiles, v) = transformed_input(&x, h, w);
-            let u = weights(&g, 1, 1);
+            let mut u = vec![0f32; ELEMS];
+            weights_into(&g, 1, 1, 0, &mut u);
             let m: Vec<f32> = (0..ELEMS * tiles).map(|i| v[i] * u[i / tiles]).collect();
             let mut y = vec![f32::NAN; h * w];
             output_plane(&m, tiles, th, tw, &mut y, h, w, (1.0, 0.0), &mut vec![0f32; output_scratch(th, tw)]);
