@@ -571,11 +571,14 @@ pub(crate) mod flex {
     }
 
     thread_local! {
-        static SCRATCH: [Cell<Vec<f32>>; 3] = const { [Cell::new(Vec::new()), Cell::new(Vec::new()), Cell::new(Vec::new())] };
+        static SCRATCH: [Cell<Vec<f32>>; 4] = const { [Cell::new(Vec::new()), Cell::new(Vec::new()), Cell::new(Vec::new()), Cell::new(Vec::new())] };
     }
 
     /// Buffers up to this many floats (16 MB) stay with their thread for the next image.
     const SCRATCH_KEEP: usize = 1 << 22;
+    /// Buffer 3, a layer's transformed Winograd weights, stays up to 256 MB: IF-I-M's largest is
+    /// 75 MB, re-faulted from the kernel at every call otherwise.
+    const WEIGHTS_KEEP: usize = 1 << 26;
 
     /// Runs `f` on this thread's scratch buffer `i`, `len` floats long: all zero when `zeroed`,
     /// otherwise holding whatever the last user left. Reusing a buffer that is still in cache
@@ -589,7 +592,7 @@ pub(crate) mod flex {
         }
         v.resize(len, 0.0);
         let r = f(&mut v);
-        if v.capacity() <= SCRATCH_KEEP {
+        if v.capacity() <= if i == 3 { WEIGHTS_KEEP } else { SCRATCH_KEEP } {
             SCRATCH.with(|s| s[i].set(v));
         }
         r
@@ -986,32 +989,35 @@ pub(crate) mod flex {
         const E: usize = winograd::ELEMS;
         // U = G g Gᵀ `[cin][16][cout]`, input channels split over the threads: memory-bound
         // (9 floats in, 16 out per filter), a sixth of an IF-I-M step when one thread did it.
-        let mut u = vec![0f32; E * g.cin * g.cout];
-        let per = g.cin.div_ceil(threads());
-        for_each_chunk(&mut u, per * E * g.cout, threads() > 1, |(i, part)| winograd::weights_into(w, g.cout, g.cin, i * per, part));
-        let tl = Tiling::new(g);
-        let (ohw, out_len) = (g.ohw(), g.out_len());
-        per_chunk(g.b * out_len, tl.per * out_len, tl.parallel, |gi, ys| {
-            let imgs = ys.len() / out_len;
-            let n = imgs * tl.tiles;
-            let (v_stride, m_stride) = (Tiling::stride(g.cin, n), Tiling::stride(g.cout, n));
-            with_scratch(0, E * v_stride, false, |v| {
-                tl.inputs(g, x, gi * tl.per, imgs, v, v_stride);
-                with_scratch(2, E * m_stride, false, |m| {
-                    for e in 0..E {
-                        matmul(g.cout, n, g.cin, &mut m[e * m_stride..], (n, 1), false, &u[e * g.cout..], (1, E * g.cout), &v[e * v_stride..], (n, 1), tl.gemm_threads());
-                    }
-                    let mut s = vec![0f32; winograd::output_scratch(tl.th, tl.tw)];
-                    for (i, y) in ys.chunks_mut(out_len).enumerate() {
-                        for (co, yc) in y.chunks_mut(ohw).enumerate() {
-                            winograd::output_plane(&m[co * n + i * tl.tiles..], m_stride, tl.th, tl.tw, yc, g.oh, g.ow, ep.affine(co), &mut s);
+        // Its buffer stays with the thread (`WEIGHTS_KEEP`): no fresh pages every call.
+        with_scratch(3, E * g.cin * g.cout, false, |u| {
+            let per = g.cin.div_ceil(threads());
+            for_each_chunk(u, per * E * g.cout, threads() > 1, |(i, part)| winograd::weights_into(w, g.cout, g.cin, i * per, part));
+            let u = &*u;
+            let tl = Tiling::new(g);
+            let (ohw, out_len) = (g.ohw(), g.out_len());
+            per_chunk(g.b * out_len, tl.per * out_len, tl.parallel, |gi, ys| {
+                let imgs = ys.len() / out_len;
+                let n = imgs * tl.tiles;
+                let (v_stride, m_stride) = (Tiling::stride(g.cin, n), Tiling::stride(g.cout, n));
+                with_scratch(0, E * v_stride, false, |v| {
+                    tl.inputs(g, x, gi * tl.per, imgs, v, v_stride);
+                    with_scratch(2, E * m_stride, false, |m| {
+                        for e in 0..E {
+                            matmul(g.cout, n, g.cin, &mut m[e * m_stride..], (n, 1), false, &u[e * g.cout..], (1, E * g.cout), &v[e * v_stride..], (n, 1), tl.gemm_threads());
                         }
-                        if ep.gelu {
-                            gelu_in_place(y);
+                        let mut s = vec![0f32; winograd::output_scratch(tl.th, tl.tw)];
+                        for (i, y) in ys.chunks_mut(out_len).enumerate() {
+                            for (co, yc) in y.chunks_mut(ohw).enumerate() {
+                                winograd::output_plane(&m[co * n + i * tl.tiles..], m_stride, tl.th, tl.tw, yc, g.oh, g.ow, ep.affine(co), &mut s);
+                            }
+                            if ep.gelu {
+                                gelu_in_place(y);
+                            }
                         }
-                    }
+                    });
                 });
-            });
+            })
         })
     }
 
