@@ -305,8 +305,8 @@ pub fn run(cli: Cli) -> Result<()> {
         )));
     }
     let device = device::init_with(cli.device, cli.compute)?;
-    // The MNIST commands (not IF's, whose peak memory bench-if reports against diffusers').
-    if matches!(cli.command, Command::Train(_) | Command::TrainClassifier(_) | Command::Sample(_) | Command::Eval(_) | Command::Figures(_) | Command::Bench(_)) {
+    // Every command that runs a model (not `convert`, which only streams weight files through).
+    if !matches!(cli.command, Command::Convert(_)) {
         crate::heap::retain_freed_memory();
     }
     match cli.command {
