@@ -574,11 +574,10 @@ pub(crate) mod flex {
         static SCRATCH: [Cell<Vec<f32>>; 4] = const { [Cell::new(Vec::new()), Cell::new(Vec::new()), Cell::new(Vec::new()), Cell::new(Vec::new())] };
     }
 
-    /// Buffers up to this many floats (16 MB) stay with their thread for the next image.
-    const SCRATCH_KEEP: usize = 1 << 22;
-    /// Buffer 3, a layer's transformed Winograd weights, stays up to 256 MB: IF-I-M's largest is
-    /// 75 MB, re-faulted from the kernel at every call otherwise.
-    const WEIGHTS_KEEP: usize = 1 << 26;
+    /// Floats each buffer may hold and still stay with its thread for the next call: 16 MB for
+    /// the per-image buffers 0-2; 256 MB for buffer 3, a layer's transformed Winograd weights
+    /// (IF-I-M's largest is 75 MB, re-faulted from the kernel at every call otherwise).
+    const SCRATCH_KEEP: [usize; 4] = [1 << 22, 1 << 22, 1 << 22, 1 << 26];
 
     /// Runs `f` on this thread's scratch buffer `i`, `len` floats long: all zero when `zeroed`,
     /// otherwise holding whatever the last user left. Reusing a buffer that is still in cache
@@ -592,7 +591,7 @@ pub(crate) mod flex {
         }
         v.resize(len, 0.0);
         let r = f(&mut v);
-        if v.capacity() <= if i == 3 { WEIGHTS_KEEP } else { SCRATCH_KEEP } {
+        if v.capacity() <= SCRATCH_KEEP[i] {
             SCRATCH.with(|s| s[i].set(v));
         }
         r
@@ -989,7 +988,7 @@ pub(crate) mod flex {
         const E: usize = winograd::ELEMS;
         // U = G g Gᵀ `[cin][16][cout]`, input channels split over the threads: memory-bound
         // (9 floats in, 16 out per filter), a sixth of an IF-I-M step when one thread did it.
-        // Its buffer stays with the thread (`WEIGHTS_KEEP`): no fresh pages every call.
+        // Its buffer stays with the thread (`SCRATCH_KEEP`): no fresh pages every call.
         with_scratch(3, E * g.cin * g.cout, false, |u| {
             let per = g.cin.div_ceil(threads());
             for_each_chunk(u, per * E * g.cout, threads() > 1, |(i, part)| winograd::weights_into(w, g.cout, g.cin, i * per, part));
