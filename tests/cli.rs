@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{tmp, write_data};
+use common::{tmp, usage_error, write_data};
 
 fn dp(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dp")).current_dir(cwd).args(args).output().expect("dp runs")
@@ -132,10 +132,7 @@ fn flow_pipeline_and_bad_weights() {
         (&["sample", "--guidance", "inf"][..], "must be a finite number, got inf"),
         (&["sample", "--steps", "many"][..], "not a whole number"),
     ] {
-        let o = dp(&w, args);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "dp {args:?}: a usage error: {err}");
-        assert!(err.contains(needle), "dp {args:?}: expected '{needle}' in: {err}");
+        usage_error(&dp(&w, args), args, needle);
     }
     fails(&w, &["train", "class-flow", "--out", "x", "--data", "/nonexistent/mnist"], "setup.sh");
     fails(&w, &["train", "class-flow", "--out", "x", "--data", d, "--lr=0"], "--lr must be a positive number");

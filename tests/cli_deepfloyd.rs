@@ -8,6 +8,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 mod common;
+use common::usage_error;
 
 const UNET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/deepfloyd/tiny_m/unet");
 
@@ -114,13 +115,11 @@ fn bad_input_is_a_clean_error() {
         (&["sample", "--scale", "0"][..], "'0' for '--scale <SCALE>': must be at least 1"),
         (&["hybrid", "--low", "a rocket", "--high", "a rocket", "--sigma", "inf"][..], "must be a finite number, got inf"),
     ] {
-        let o = run(&w, args);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "dp if {args:?}: a usage error: {err}");
-        assert!(err.contains(needle), "dp if {args:?}: expected '{needle}' in: {err}");
+        usage_error(&run(&w, args), args, needle);
     }
-    let o = dp(&w, &["if", "--unet", UNET, "--embeddings", "prompts.safetensors", "--stride", "0", "sample"]);
-    assert!(o.status.code() == Some(2) && String::from_utf8_lossy(&o.stderr).contains("'0' for '--stride <STRIDE>': must be at least 1"));
+    // `run` passes its own --stride, so this one goes straight to dp.
+    let stride = ["if", "--unet", UNET, "--embeddings", "prompts.safetensors", "--stride", "0", "sample"];
+    usage_error(&dp(&w, &stride), &stride, "'0' for '--stride <STRIDE>': must be at least 1");
     let o = dp(&w, &["if", "--embeddings", "prompts.safetensors", "sample"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--unet is required"));
     let o = dp(&w, &["if", "--unet", "nowhere", "--embeddings", "prompts.safetensors", "sample"]);

@@ -7,6 +7,13 @@ use diffusion_playground::mnist::data::encode_idx;
 use diffusion_playground::mnist::PIXELS;
 use diffusion_playground::rng::Rng;
 
+/// A command line clap refused: exit code 2 (not 1, a run that failed) and `needle` in the message.
+pub fn usage_error(o: &std::process::Output, args: &[&str], needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: a usage error: {err}");
+    assert!(err.contains(needle), "{args:?}: expected '{needle}' in: {err}");
+}
+
 pub fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("dp-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
