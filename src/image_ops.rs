@@ -71,11 +71,22 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    // One temporary name per process and call: two runs writing the same file never share one,
+    // and the last rename wins whole.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, format!("{e} (is the disk full?); the previous file, if any, is unchanged")))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -96,6 +107,20 @@ mod tests {
         assert_eq!(g.get_pixel(1, 1)[0], 0);
         assert_eq!(g.get_pixel(4, 1)[0], 255);
         assert_eq!(g.get_pixel(0, 0)[0], 128);
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn a_failed_atomic_write_leaves_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("dp-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("taken/inner")).unwrap();
+        // Renaming a file over a non-empty folder fails after the data is written.
+        assert!(write_atomic(&dir.join("taken"), b"data").is_err());
+        write_atomic(&dir.join("ok.bin"), b"data").unwrap();
+        let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        assert_eq!(std::fs::read(dir.join("ok.bin")).unwrap(), b"data");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

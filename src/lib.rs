@@ -9,6 +9,7 @@
 //! CPU (Flex, f32), where this crate's faster kernels run.
 
 pub mod activation;
+pub mod artifact;
 pub mod conv;
 pub mod deepfloyd;
 pub mod device;

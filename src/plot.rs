@@ -54,13 +54,26 @@ fn save_chart(path: &Path, draw: impl FnOnce(&Area) -> DrawResult) -> Result<()>
 }
 
 /// Plots every step's loss (thin) and a moving average (thick) on a log scale.
+/// Only finite positive losses can go on a log axis; a chart of none is not drawn (an infinite
+/// axis range makes plotters' tick search run forever).
+fn plottable(v: f32) -> bool {
+    v > 0.0 && v.is_finite()
+}
+
+/// The log axis' range over the plottable values, or None when there are none.
+fn log_range(values: impl Iterator<Item = f32>) -> Option<(f32, f32)> {
+    let (lo, hi) = values.filter(|v| plottable(*v)).fold((f32::INFINITY, 0f32), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    (hi > 0.0).then(|| (lo.max(1e-6), hi.max(lo.max(1e-6) * 1.01)))
+}
+
 pub fn loss_png(losses: &[f32], path: &Path) -> Result<()> {
-    if losses.is_empty() {
+    let Some((lo, hi)) = log_range(losses.iter().copied()) else {
+        eprintln!("warning: no finite positive loss to plot; {} not drawn", path.display());
         return Ok(());
-    }
+    };
+    let losses: Vec<f32> = losses.iter().map(|&v| if plottable(v) { v } else { lo }).collect();
+    let losses = &losses[..];
     save_chart(path, |root| {
-        let lo = losses.iter().copied().filter(|v| *v > 0.0).fold(f32::INFINITY, f32::min).max(1e-6);
-        let hi = losses.iter().copied().fold(0.0f32, f32::max).max(lo * 1.01);
         let mut chart = ChartBuilder::on(root)
             .caption("training loss", ("sans-serif", 22))
             .margin(12)
@@ -96,14 +109,16 @@ pub fn loss_compare_png(series: &[(String, Vec<f32>, usize)], path: &Path) -> Re
                 .chunks(k)
                 .enumerate()
                 .map(|(i, c)| (((i * k) as f32 + c.len() as f32 / 2.0) / *spe as f32, c.iter().sum::<f32>() / c.len() as f32))
-                .filter(|(_, v)| *v > 0.0 && v.is_finite())
+                .filter(|(_, v)| plottable(*v))
                 .collect();
             (label.as_str(), pts)
         })
         .collect();
     let all = || curves.iter().flat_map(|c| c.1.iter());
-    let lo = all().map(|p| p.1).fold(f32::INFINITY, f32::min).max(1e-6);
-    let hi = all().map(|p| p.1).fold(0.0f32, f32::max).max(lo * 1.01);
+    let Some((lo, hi)) = log_range(all().map(|p| p.1)) else {
+        eprintln!("warning: no finite positive loss to plot; {} not drawn", path.display());
+        return Ok(());
+    };
     let x_max = all().map(|p| p.0).fold(0.0f32, f32::max).max(0.05);
     save_chart(path, |root| {
         let mut chart = ChartBuilder::on(root)
@@ -125,4 +140,20 @@ pub fn loss_compare_png(series: &[(String, Vec<f32>, usize)], path: &Path) -> Re
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_that_cannot_be_plotted_end_quickly() {
+        let dir = std::env::temp_dir().join(format!("dp-plot-{}", std::process::id()));
+        for losses in [vec![f32::INFINITY, 1.0], vec![f32::NAN, 0.5], vec![0.0, -1.0], vec![f32::INFINITY], vec![]] {
+            loss_png(&losses, &dir.join("loss.png")).unwrap();
+            loss_compare_png(&[("a".into(), losses.clone(), 1)], &dir.join("cmp.png")).unwrap();
+        }
+        assert_eq!(log_range([f32::INFINITY, f32::NAN, -2.0].into_iter()), None);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

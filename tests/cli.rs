@@ -135,13 +135,13 @@ fn flow_pipeline_and_bad_weights() {
         usage_error(&dp(&w, args), args, needle);
     }
     fails(&w, &["train", "class-flow", "--out", "x", "--data", "/nonexistent/mnist"], "setup.sh");
-    fails(&w, &["train", "class-flow", "--out", "x", "--data", d, "--lr=0"], "--lr must be a positive number");
+    usage_error(&dp(&w, &["train", "class-flow", "--out", "x", "--data", d, "--lr=0"]), &["--lr=0"], "must be a positive finite number");
     // The denoiser's default batch 256 hits burn 0.22's GPU reduction bug: refused up front.
     let big = ["--device", "wgpu", "train", "denoiser", "--out", "x", "--data", d];
     fails(&w, &big, "a pass of 256 images is too large for --device wgpu");
     fails(&w, &big, "--micro-batch 64");
     fails(&w, &[&big[..], &["--micro-batch", "128"]].concat(), "a pass of 128 images");
-    fails(&w, &[&["train", "denoiser", "--out", "x", "--data", d], &["--micro-batch", "0"][..]].concat(), "--micro-batch must be at least 1");
+    usage_error(&dp(&w, &[&["train", "denoiser", "--out", "x", "--data", d], &["--micro-batch", "0"][..]].concat()), &["--micro-batch", "0"], "must be at least 1");
 }
 
 #[test]
@@ -177,4 +177,209 @@ fn time_only_eval_reports_the_spread_of_digits() {
     let share: Vec<f64> = e["classified_share"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_eq!(share.len(), 10);
     assert!((share.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{share:?}");
+}
+
+/// Every count and size on the command line has an upper bound checked before anything is
+/// allocated, and every rate, tolerance and scale must be a finite number in its range: usage
+/// errors (exit 2) naming the flag, never an abort or a NaN run.
+#[test]
+fn numbers_on_the_command_line_are_bounded() {
+    let w = tmp("cli-bounds");
+    let cases: &[(&[&str], &str)] = &[
+        (&["sample", "--per-digit", "1000000000"], "'1000000000' for '--per-digit <PER_DIGIT>': 1000000000 is more than the 100"),
+        (&["eval", "--per-class", "100000000000000"], "--per-class"),
+        (&["eval", "--batch", "100000"], "--batch"),
+        (&["sample", "--steps", "100000000"], "--steps"),
+        (&["sample", "--guidance", "1e9"], "must be in [0, 100]"),
+        (&["sample", "--guidance=-3"], "must be in [0, 100]"),
+        (&["train", "class-flow", "--out", "x", "--hidden", "100000"], "--hidden"),
+        (&["train", "class-flow", "--out", "x", "--batch", "0"], "--batch"),
+        (&["train", "class-flow", "--out", "x", "--epochs", "100000000"], "--epochs"),
+        (&["train", "class-flow", "--out", "x", "--lr", "nan"], "--lr"),
+        (&["train", "class-flow", "--out", "x", "--lr=-1"], "must be a positive finite number"),
+        (&["train", "denoiser", "--out", "x", "--sigma", "nan"], "--sigma"),
+        (&["train", "denoiser", "--out", "x", "--sigma=-0.5"], "must not be negative"),
+        (&["train", "class-flow", "--out", "x", "--adam-eps", "nan"], "--adam-eps"),
+        (&["train", "class-flow", "--out", "x", "--adam-eps", "0"], "--adam-eps"),
+        (&["train", "class-flow", "--out", "x", "--grad-clip=-1"], "--grad-clip"),
+        (&["train", "class-flow", "--out", "x", "--weight-decay=-0.1"], "--weight-decay"),
+        (&["train", "class-flow", "--out", "x", "--weight-decay", "inf"], "--weight-decay"),
+        (&["train", "class-flow", "--out", "x", "--p-uncond", "1.5"], "--p-uncond"),
+        (&["train", "class-flow", "--out", "x", "--checkpoint-minutes", "nan"], "--checkpoint-minutes"),
+        (&["train-classifier", "--batch", "0"], "--batch"),
+        (&["train-classifier", "--lr", "nan"], "--lr"),
+        (&["bench", "--hidden", "100000"], "--hidden"),
+        (&["if", "--n", "100000000", "sample"], "--n"),
+        (&["if", "sample", "--n", "100000000"], "--n"),
+        (&["if", "--scale", "100000", "prompts"], "--scale"),
+        (&["if", "--scale", "268435457", "prompts"], "--scale"),
+        (&["if", "--stride", "100000", "prompts"], "--stride"),
+        (&["if", "--guidance", "1e30", "prompts"], "--guidance"),
+        (&["if", "hybrid", "--low", "a", "--high", "b", "--kernel", "34"], "must be odd"),
+        (&["if", "hybrid", "--low", "a", "--high", "b", "--kernel", "100001"], "--kernel"),
+        (&["bench-if", "--batch", "100000"], "--batch"),
+    ];
+    for (args, needle) in cases {
+        usage_error(&dp(&w, args), args, needle);
+    }
+}
+
+/// A manifest names files; a name that is not a plain file in pkg/ is refused before anything is
+/// opened (nothing of the outside file, not even its size, reaches the message), and `dp package`
+/// writes only inside --pkg.
+#[test]
+fn manifests_and_package_names_stay_inside_their_folder() {
+    let (w, d) = workspace("cli-paths", 32);
+    let d = d.as_str();
+    ok(&w, &["train", "time-flow", "--out", "run", "--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1"]);
+    ok(&w, &["package", "time_flow", "--from", "run", "--pkg", "pkg"]);
+    let manifest = std::fs::read_to_string(w.join("pkg/manifest.json")).unwrap();
+    std::fs::write(w.join("secret.bpk"), b"outside the package folder").unwrap();
+    let entry = |file: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+        v["models"][0]["file"] = serde_json::json!(file);
+        std::fs::write(w.join("pkg/manifest.json"), v.to_string()).unwrap();
+    };
+    for name in ["../secret.bpk", "/etc/passwd", "sub/../../secret.bpk"] {
+        entry(name);
+        let o = dp(&w, &["sample", "--model", "pkg:time_flow", "--steps", "1", "--per-digit", "1", "--out", "s.png"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains("plain files") && !err.contains("26 bytes"), "{name}: {err}");
+    }
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("/dev/zero", w.join("pkg/zero.bpk")).unwrap();
+        entry("zero.bpk");
+        fails(&w, &["sample", "--model", "pkg:time_flow", "--steps", "1", "--out", "s.png"], "refused");
+    }
+    entry("time_flow.bpk");
+    // A hidden width out of range in a manifest entry is refused when the manifest is read.
+    let mut v: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    v["models"][0]["hidden"] = serde_json::json!(0);
+    std::fs::write(w.join("pkg/manifest.json"), v.to_string()).unwrap();
+    fails(&w, &["sample", "--model", "pkg:time_flow", "--steps", "1", "--out", "s.png"], "hidden 0");
+    std::fs::write(w.join("pkg/manifest.json"), &manifest).unwrap();
+    // A time-only entry whose file holds a class-conditioned model: refused, not run silently.
+    ok(&w, &["train", "class-flow", "--out", "cf", "--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1"]);
+    std::fs::copy(w.join("cf/model.bpk"), w.join("cf.bpk")).unwrap();
+    let bytes = std::fs::read(w.join("cf/model.bpk")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    v["models"][0]["file"] = serde_json::json!("cf.bpk");
+    v["models"][0]["bytes"] = serde_json::json!(bytes.len());
+    v["models"][0]["sha256"] = serde_json::json!(diffusion_playground::artifact::sha256_hex(&bytes));
+    std::fs::copy(w.join("cf/model.bpk"), w.join("pkg/cf.bpk")).unwrap();
+    std::fs::write(w.join("pkg/manifest.json"), v.to_string()).unwrap();
+    fails(&w, &["sample", "--model", "pkg:time_flow", "--steps", "1", "--out", "s.png"], "another architecture or conditioning");
+    // `dp package` names: one plain name, written inside --pkg.
+    for name in ["../../escaped", "/tmp/abs", "a/b", ".."] {
+        fails(&w, &["package", name, "--from", "run", "--pkg", "pkg"], "is not a model name");
+    }
+    assert!(!w.join("escaped.bpk").exists() && !w.parent().unwrap().join("escaped.bpk").exists());
+    // A run config with a width of 0 (hand-edited): a clear error, not a panic.
+    let cfg = w.join("run/config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["hidden"] = serde_json::json!(0);
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    fails(&w, &["sample", "--model", "run", "--steps", "1", "--out", "s.png"], "not a usable training config");
+}
+
+/// Data sets smaller than a command needs are a message, not a slice panic; a classifier on an
+/// empty test set writes no NaN.
+#[test]
+fn small_data_sets_are_a_clear_error() {
+    let (w, d) = workspace("cli-small", 3);
+    let d = d.as_str();
+    fails(&w, &["figures", "noising", "--data", d, "--out", "n.png"], "needs at least 5 images");
+    ok(&w, &["train", "pure-noise", "--out", "dn", "--data", d, "--hidden", "4", "--batch", "2", "--epochs", "1"]);
+    fails(&w, &["figures", "ood", "--model", "dn", "--data", d, "--out", "o.png"], "needs at least 4 images");
+    let empty = w.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    common::write_data(&empty, 0);
+    fails(&w, &["train-classifier", "--out", "clf", "--data", empty.to_str().unwrap()], "needs at least 1 images");
+    assert!(!w.join("clf/accuracy.json").exists());
+}
+
+/// A loss history with inf, NaN or non-positive values is drawn (or skipped) quickly.
+#[test]
+fn figures_loss_on_unplottable_values_ends() {
+    let w = tmp("cli-loss");
+    std::fs::create_dir_all(w.join("r")).unwrap();
+    std::fs::write(w.join("r/loss.csv"), "step,epoch,loss\n1,1,inf\n2,1,NaN\n3,1,0\n4,1,-1\n").unwrap();
+    let t = std::time::Instant::now();
+    ok(&w, &["figures", "loss", "r"]);
+    assert!(t.elapsed().as_secs() < 60, "took {:?}", t.elapsed());
+}
+
+/// Checkpoints: a flipped bit is refused on resume; a checkpoint of another data set, or whose
+/// counters do not fit the run, is refused; a run killed after its last checkpoint but before
+/// its figures writes them on resume; SIGTERM saves like Ctrl-C.
+#[test]
+fn checkpoints_are_checked_and_runs_finish_whole() {
+    let (w, d) = workspace("cli-ckpt", 48);
+    let d = d.as_str();
+    let tiny = ["--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1"];
+    ok(&w, &[&["train", "class-flow", "--out", "run"][..], &tiny].concat());
+    // Killed between the checkpoint and the figures: resume writes what is missing.
+    for f in ["run/samples_epoch1.png", "run/model.bpk"] {
+        std::fs::remove_file(w.join(f)).unwrap();
+    }
+    let out = ok(&w, &[&["train", "class-flow", "--out", "run", "--resume"][..], &tiny].concat());
+    assert!(out.contains("finished all 1 epochs"), "{out}");
+    assert!(w.join("run/samples_epoch1.png").exists() && w.join("run/model.bpk").exists());
+    // Another data set under the same run: refused.
+    let other = w.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    common::write_data(&other, 40);
+    fails(&w, &["train", "class-flow", "--out", "run", "--resume", "--data", other.to_str().unwrap(), "--hidden", "4", "--batch", "8", "--epochs", "2"], "another data set");
+    // Fewer epochs than the checkpoint has done: its counters do not fit.
+    ok(&w, &[&["train", "class-flow", "--out", "run2", "--data", d, "--hidden", "4", "--batch", "8", "--epochs", "2"][..]].concat());
+    fails(&w, &["train", "class-flow", "--out", "run2", "--resume", "--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1", "--gamma", "0.5"], "beyond the run's 1 epochs");
+    // One flipped bit in the checkpoint.
+    let ck = w.join("run/checkpoint.ckpt");
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x04;
+    std::fs::write(&ck, &bytes).unwrap();
+    fails(&w, &[&["train", "class-flow", "--out", "run", "--resume"][..], &tiny].concat(), "checksum mismatch");
+    // SIGTERM while training: saved, exit 130, and --resume continues to the end.
+    #[cfg(unix)]
+    {
+        let long = ["--data", d, "--hidden", "4", "--batch", "1", "--epochs", "50"];
+        let child = Command::new(env!("CARGO_BIN_EXE_dp")).current_dir(&w).args([&["train", "class-flow", "--out", "term"][..], &long].concat()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let t = std::time::Instant::now();
+        while !w.join("term/config.json").exists() && t.elapsed().as_secs() < 120 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(130), "{err}");
+        assert!(err.contains("progress saved") && w.join("term/checkpoint.ckpt").exists(), "{err}");
+        let leftovers: Vec<_> = std::fs::read_dir(w.join("term")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".tmp")).collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
+
+/// The classifier trainer checkpoints too: SIGTERM saves it, and --resume finishes the run.
+#[cfg(unix)]
+#[test]
+fn a_stopped_classifier_run_resumes() {
+    let (w, d) = workspace("cli-clf-resume", 64);
+    let d = d.as_str();
+    let args = ["train-classifier", "--out", "clf", "--data", d, "--epochs", "200", "--batch", "1"];
+    let child = Command::new(env!("CARGO_BIN_EXE_dp")).current_dir(&w).args(args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t = std::time::Instant::now();
+    while !w.join("clf/epoch_1.bpk").exists() && t.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(w.join("clf/checkpoint.ckpt").exists(), "{err}");
+    fails(&w, &args, "--resume");
+    let out = ok(&w, &["train-classifier", "--out", "clf", "--data", d, "--epochs", "5", "--batch", "1", "--resume"]);
+    assert!(out.contains("test accuracy"), "{out}");
 }

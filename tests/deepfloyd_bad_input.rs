@@ -181,3 +181,110 @@ fn course_pth_embeddings_read_exactly() {
     let e = PromptEmbeddings::from_file(&bad).err().unwrap().to_string();
     assert!(e.contains("prompts.pth") && e.contains("torch.save"), "{e}");
 }
+
+/// Every value a later computation divides by, indexes with or allocates from is checked when
+/// the config is read, by key: none of these may panic, abort or build a model.
+#[test]
+fn config_values_that_would_divide_by_zero_or_allocate_without_bound_are_refused() {
+    let base = std::fs::read_to_string(Path::new(FIX).join("tiny_m/unet/config.json")).unwrap();
+    let with = |k: &str, v: serde_json::Value| {
+        let mut j: serde_json::Value = serde_json::from_str(&base).unwrap();
+        j[k] = v;
+        match IfConfig::from_json(&j.to_string(), "config.json") {
+            Ok(_) => panic!("{k} = {}: accepted", j[k]),
+            Err(e) => e.to_string(),
+        }
+    };
+    for (k, v) in [
+        ("norm_num_groups", serde_json::json!(0)),
+        ("in_channels", serde_json::json!(4)),
+        ("out_channels", serde_json::json!(3)),
+        ("sample_size", serde_json::json!(0)),
+        ("sample_size", serde_json::json!(15)),
+        ("sample_size", serde_json::json!(1_000_000)),
+        ("layers_per_block", serde_json::json!(0)),
+        ("layers_per_block", serde_json::json!(100_000)),
+        ("block_out_channels", serde_json::json!([16, 1_000_000_000u64])),
+        ("block_out_channels", serde_json::json!([16, 32, 64, 128, 256, 512, 1024, 2048, 4096])),
+        ("cross_attention_dim", serde_json::json!(0)),
+        ("encoder_hid_dim", serde_json::json!(1u64 << 40)),
+        ("norm_eps", serde_json::json!(-1e-5)),
+        ("norm_eps", serde_json::json!(0)),
+        ("resnet_out_scale_factor", serde_json::json!(0)),
+        ("mid_block_scale_factor", serde_json::json!(-1)),
+        ("addition_embed_type_num_heads", serde_json::json!(0)),
+    ] {
+        let e = with(k, v.clone());
+        assert!(e.contains(k) && e.contains("config.json"), "{k} = {v}: {e}");
+    }
+    // Within every bound, yet far too big to build: refused by its parameter count.
+    let mut j: serde_json::Value = serde_json::from_str(&base).unwrap();
+    j["block_out_channels"] = serde_json::json!([8192, 8192]);
+    j["cross_attention_dim"] = serde_json::json!(8192);
+    j["attention_head_dim"] = serde_json::json!(64);
+    j["layers_per_block"] = serde_json::json!(16);
+    let e = IfConfig::from_json(&j.to_string(), "config.json").unwrap_err().to_string();
+    assert!(e.contains("parameters"), "{e}");
+}
+
+#[test]
+fn scheduler_configs_out_of_range_are_refused() {
+    use diffusion_playground::deepfloyd::config::SchedulerConfig;
+    for (json, key) in [
+        (r#"{"num_train_timesteps": 100000000000}"#, "num_train_timesteps"),
+        (r#"{"num_train_timesteps": 1}"#, "num_train_timesteps"),
+        (r#"{"beta_schedule": "linear", "beta_start": 0.5, "beta_end": 1.5}"#, "beta_end"),
+        (r#"{"beta_schedule": "linear", "beta_start": 0, "beta_end": 0.02}"#, "beta_start"),
+        (r#"{"beta_schedule": "linear", "beta_start": 0.02, "beta_end": 0.01}"#, "beta_start"),
+        (r#"{"clip_sample": true, "clip_sample_range": 0}"#, "clip_sample_range"),
+        (r#"{"thresholding": true, "dynamic_thresholding_ratio": 2}"#, "dynamic_thresholding_ratio"),
+    ] {
+        let e = SchedulerConfig::from_json(json, "scheduler_config.json").err().map(|e| e.to_string()).unwrap_or_else(|| panic!("{json}: accepted"));
+        assert!(e.contains(key) && e.contains("scheduler_config.json"), "{json}: {e}");
+    }
+}
+
+/// A NaN or infinity anywhere in the weights is refused at load with the tensor's name, in a
+/// diffusers folder (f32 here) and through the converter.
+#[test]
+fn non_finite_weights_are_refused_by_name() {
+    for bad in [f32::NAN, f32::INFINITY] {
+        let d = copy_unet("tiny_m", &format!("nan-{bad}"));
+        let f = d.join("diffusion_pytorch_model.safetensors");
+        let bytes = std::fs::read(&f).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let name = "conv_in.weight";
+        let t = st.tensor(name).unwrap();
+        let mut data = t.data().to_vec();
+        data[4..8].copy_from_slice(&bad.to_le_bytes());
+        let mut views: Vec<(String, TensorView)> = st.tensors().into_iter().filter(|(k, _)| k != name).collect();
+        views.push((name.into(), TensorView::new(t.dtype(), t.shape().to_vec(), &data).unwrap()));
+        std::fs::write(&f, safetensors::serialize(views, None).unwrap()).unwrap();
+        let e = load_err(&d);
+        assert!(e.contains(name) && e.contains(&bad.to_string()), "{e}");
+        let out = common::tmp(&format!("nan-pkg-{bad}"));
+        let e = diffusion_playground::deepfloyd::weights::convert_dir(&d, &out, diffusion_playground::deepfloyd::package::Scheme::Q8, |_, _| {}).err().unwrap().to_string();
+        assert!(e.contains(name), "{e}");
+    }
+}
+
+/// A safetensors header whose shape has more elements than can exist is an error, not an
+/// overflow.
+#[test]
+fn a_shape_that_overflows_is_refused() {
+    let header = serde_json::json!({"w": {"dtype": "F32", "shape": [u64::MAX / 2, 4], "data_offsets": [0, 16]}}).to_string();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 16]);
+    let e = diffusion_playground::deepfloyd::weights::parse_header(&bytes, bytes.len() as u64, "big.safetensors").unwrap_err().to_string();
+    assert!(e.contains("big.safetensors") && e.contains("more elements"), "{e}");
+}
+
+#[test]
+fn a_null_prompt_of_another_token_count_is_a_clear_error() {
+    use diffusion_playground::deepfloyd::pipeline::Prompt;
+    let device = Device::flex();
+    let e = Prompt::new(Tensor::zeros([1, 77, 24], &device), Some(Tensor::zeros([1, 64, 24], &device)), 7.0).err().unwrap().to_string();
+    assert!(e.contains("[77, 24]") && e.contains("[64, 24]") && e.contains("null prompt"), "{e}");
+    assert!(Prompt::new(Tensor::zeros([1, 77, 24], &device), Some(Tensor::zeros([1, 77, 24], &device)), 7.0).is_ok());
+}

@@ -76,3 +76,71 @@ fn corrupt_or_incomplete_packages_are_refused() {
     std::fs::write(&mpath, &text).unwrap();
     assert!(load_package_dir(&out, &device).is_ok());
 }
+
+/// A package's manifest is data from elsewhere: file names that leave the folder, pieces whose
+/// offsets wrap around, and quantized tensors that are not whole blocks are refused before
+/// anything is read; a shard is never read past the size the manifest states.
+#[test]
+fn hostile_manifests_are_refused_before_reading() {
+    let unet = Path::new(FIX).join("tiny_m").join("unet");
+    let root = common::tmp("pkg-hostile");
+    let out = root.join("pkg");
+    convert_dir(&unet, &out, Scheme::Q8, |_, _| {}).unwrap();
+    let good = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    std::fs::write(root.join("secret.bin"), b"not yours").unwrap();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        f(&mut v);
+        std::fs::write(out.join("manifest.json"), v.to_string()).unwrap();
+        match load_package_dir(&out, &Device::flex()) {
+            Ok(_) => panic!("a hostile manifest loaded"),
+            Err(e) => e.to_string(),
+        }
+    };
+    for name in ["../secret.bin", "/etc/passwd", "sub/shard.bin", "..", ""] {
+        let e = edit(&|v| v["shards"][0]["file"] = serde_json::json!(name));
+        assert!(e.contains("plain files"), "{name:?}: {e}");
+        assert!(!e.contains("not yours") && !e.contains(" 9 bytes"), "{name:?}: nothing of the outside file is told: {e}");
+    }
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(root.join("secret.bin"), out.join("link.bin")).unwrap();
+        let e = edit(&|v| v["shards"][0]["file"] = serde_json::json!("link.bin"));
+        assert!(e.contains("outside"), "{e}");
+        // A device that never ends, behind a link: refused without reading it.
+        std::os::unix::fs::symlink("/dev/zero", out.join("zero.bin")).unwrap();
+        let e = edit(&|v| v["shards"][0]["file"] = serde_json::json!("zero.bin"));
+        assert!(e.contains("outside") || e.contains("not a regular file"), "{e}");
+    }
+    let e = edit(&|v| v["tensors"][0]["pieces"][0]["offset"] = serde_json::json!(u64::MAX - 1));
+    assert!(e.contains("points outside its shards"), "{e}");
+    let e = edit(&|v| v["shards"][0]["bytes"] = serde_json::json!(u64::MAX));
+    assert!(e.contains("the manifest says"), "{e}");
+    // A q8 tensor whose values are not whole 32-value blocks: refused, not an index panic.
+    let m: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let i = m["tensors"].as_array().unwrap().iter().position(|t| t["dtype"] == "f16" && t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>() % 32 != 0).expect("a tensor of odd size");
+    let e = edit(&|v| v["tensors"][i]["dtype"] = serde_json::json!("q8"));
+    assert!(e.contains("whole number of 32-value blocks"), "{e}");
+    std::fs::write(out.join("manifest.json"), &good).unwrap();
+    load_package_dir(&out, &Device::flex()).unwrap();
+}
+
+/// A NaN block scale (or value) in a package is refused with the tensor's name.
+#[test]
+fn a_package_with_a_nan_scale_is_refused() {
+    let unet = Path::new(FIX).join("tiny_m").join("unet");
+    let out = common::tmp("pkg-nan");
+    let m = convert_dir(&unet, &out, Scheme::Q8, |_, _| {}).unwrap();
+    let t = m.tensors.iter().find(|t| t.dtype == diffusion_playground::deepfloyd::package::Stored::Q8).unwrap();
+    let p = &t.pieces[0];
+    let shard = out.join(&m.shards[p.shard].file);
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let at = p.offset as usize;
+    bytes[at..at + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    std::fs::write(&shard, &bytes).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    v["shards"][p.shard]["sha256"] = serde_json::json!(diffusion_playground::artifact::sha256_hex(&bytes));
+    std::fs::write(out.join("manifest.json"), v.to_string()).unwrap();
+    let e = load_package_dir(&out, &Device::flex()).err().unwrap().to_string();
+    assert!(e.contains(&t.name) && e.contains("NaN"), "{e}");
+}

@@ -167,6 +167,14 @@ pub struct IfConfig {
     pub sample_size: usize,
 }
 
+/// Bounds of a config this crate builds: a little over IF-I-XL in every direction, far under what
+/// would make a size computation overflow.
+pub const MAX_LEVELS: usize = 8;
+pub const MAX_WIDTH: usize = 8192;
+pub const MAX_LAYERS: usize = 16;
+pub const MAX_SAMPLE_SIZE: usize = 1024;
+pub const MAX_PARAMETERS: u64 = 10_000_000_000;
+
 /// diffusers' `Attention` builds `norm_cross` with this many groups whatever the model's groups.
 pub const CROSS_NORM_GROUPS: usize = 32;
 
@@ -336,7 +344,45 @@ impl UNetConfig {
             mid_only_cross_attention: self.mid_block_only_cross_attention.unwrap_or(false),
             sample_size: self.sample_size.unwrap_or(64),
         };
-        // Shapes that would make burn panic later: check them here, by name.
+        // Shapes that would make burn panic later, or allocate without bound: check them here, by name.
+        if cfg.in_channels != 3 {
+            return Err(bad("in_channels", format!("{}: IF stage 1 takes RGB images (3)", cfg.in_channels)));
+        }
+        if cfg.out_channels != 6 {
+            return Err(bad("out_channels", format!("{}: IF stage 1 predicts noise and a variance value per RGB channel (6)", cfg.out_channels)));
+        }
+        if n > MAX_LEVELS {
+            return Err(bad("block_out_channels", format!("{n} levels; at most {MAX_LEVELS} are supported (IF has 4)")));
+        }
+        if let Some(&c) = cfg.block_out_channels.iter().find(|&&c| c > MAX_WIDTH) {
+            return Err(bad("block_out_channels", format!("width {c} is over {MAX_WIDTH} (IF-I-XL's widest is 2816)")));
+        }
+        for (key, v) in [("cross_attention_dim", cfg.cross_attention_dim), ("encoder_hid_dim", cfg.encoder_hid_dim)] {
+            if v == 0 || v > MAX_WIDTH {
+                return Err(bad(key, format!("{v} must be 1..={MAX_WIDTH}")));
+            }
+        }
+        if !(1..=MAX_LAYERS).contains(&cfg.layers_per_block) {
+            return Err(bad("layers_per_block", format!("{} must be 1..={MAX_LAYERS} (IF uses 3)", cfg.layers_per_block)));
+        }
+        let factor = 1usize << (n - 1);
+        if cfg.sample_size == 0 || cfg.sample_size > MAX_SAMPLE_SIZE || cfg.sample_size % factor != 0 {
+            return Err(bad("sample_size", format!("{} must be a positive multiple of {factor} (the {} downsamplings) up to {MAX_SAMPLE_SIZE}", cfg.sample_size, n - 1)));
+        }
+        if !(cfg.eps > 0.0 && cfg.eps < 1.0) {
+            return Err(bad("norm_eps", format!("{} must be a small positive number (IF: 1e-5)", cfg.eps)));
+        }
+        for (key, v) in [("resnet_out_scale_factor", cfg.resnet_out_scale), ("mid_block_scale_factor", cfg.mid_scale)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(bad(key, format!("{v} must be a positive number")));
+            }
+        }
+        if !cfg.freq_shift.is_finite() {
+            return Err(bad("freq_shift", format!("{} is not a number", cfg.freq_shift)));
+        }
+        if groups == 0 {
+            return Err(bad("norm_num_groups", "must be at least 1 (IF: 32)".into()));
+        }
         for &c in &cfg.block_out_channels {
             if c == 0 || c % groups != 0 {
                 return Err(bad("norm_num_groups", format!("{groups} groups do not divide the block width {c}")));
@@ -351,8 +397,9 @@ impl UNetConfig {
         if cfg.pool_heads == 0 || encoder_hid_dim % cfg.pool_heads != 0 {
             return Err(bad("addition_embed_type_num_heads", format!("{} heads do not divide encoder_hid_dim {encoder_hid_dim}", cfg.pool_heads)));
         }
-        if cfg.layers_per_block == 0 {
-            return Err(bad("layers_per_block", "must be at least 1".into()));
+        let params = cfg.parameter_count();
+        if params > MAX_PARAMETERS {
+            return Err(Error::format(source, format!("describes a model of {params} parameters; at most {MAX_PARAMETERS} are supported (IF-I-XL has 4.3 billion)")));
         }
         Ok(cfg)
     }
@@ -410,6 +457,9 @@ fn d_ratio() -> f64 {
     0.995
 }
 
+/// The most training timesteps a scheduler config may have (diffusers' DDPMs use 1000).
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 impl SchedulerConfig {
     /// IF stage 1's published scheduler (what `convert_if.py` writes).
     pub fn if_stage1() -> Self {
@@ -440,8 +490,17 @@ impl SchedulerConfig {
         if !["squaredcos_cap_v2", "linear"].contains(&c.beta_schedule.as_str()) {
             return Err(Error::format(source, format!("beta_schedule {:?} is not supported", c.beta_schedule)));
         }
-        if c.num_train_timesteps < 2 {
-            return Err(Error::format(source, "num_train_timesteps must be at least 2"));
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&c.num_train_timesteps) {
+            return Err(Error::format(source, format!("num_train_timesteps {} must be 2..={MAX_TRAIN_TIMESTEPS} (IF: 1000)", c.num_train_timesteps)));
+        }
+        if c.beta_schedule == "linear" && !(c.beta_start > 0.0 && c.beta_start <= c.beta_end && c.beta_end < 1.0) {
+            return Err(Error::format(source, format!("beta_start {} and beta_end {} must satisfy 0 < start <= end < 1", c.beta_start, c.beta_end)));
+        }
+        if c.clip_sample && !(c.clip_sample_range > 0.0 && c.clip_sample_range.is_finite()) {
+            return Err(Error::format(source, format!("clip_sample_range {} must be a positive number", c.clip_sample_range)));
+        }
+        if c.thresholding && !(c.dynamic_thresholding_ratio > 0.0 && c.dynamic_thresholding_ratio <= 1.0 && c.sample_max_value >= 1.0 && c.sample_max_value.is_finite()) {
+            return Err(Error::format(source, format!("dynamic_thresholding_ratio {} must be in (0, 1] and sample_max_value {} at least 1", c.dynamic_thresholding_ratio, c.sample_max_value)));
         }
         Ok(c)
     }

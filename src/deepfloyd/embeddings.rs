@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use half::{bf16, f16};
 
-use super::weights::{parse_header, TensorInfo};
+use super::weights::{floats, parse_header, TensorInfo};
 use crate::{Error, Result};
 
 pub struct PromptEmbeddings {
@@ -90,11 +89,7 @@ impl PromptEmbeddings {
         }
         let [a, b] = info.data_offsets;
         let raw = &self.bytes[self.data_start + a as usize..self.data_start + b as usize];
-        let v: Vec<f32> = match info.dtype.as_str() {
-            "F32" => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            "F16" => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            _ => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        };
+        let v = floats(&info.dtype, raw);
         if v.iter().any(|x| !x.is_finite()) {
             return Err(Error::format(&self.source, format!("embedding {prompt:?} holds NaN or infinite values")));
         }

@@ -8,7 +8,6 @@
 //! before any value is used.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::config::IfConfig;
 use super::unet::parameter_shapes;
@@ -176,7 +175,7 @@ impl<'a> PackageWriter<'a> {
     fn finish_shard(&mut self) -> Result<()> {
         let file = format!("shard-{:05}.bin", self.manifest.shards.len() + 1);
         (self.flush)(&file, &self.current)?;
-        self.manifest.shards.push(ShardInfo { file, bytes: self.current.len() as u64, sha256: hex(&Sha256::digest(&self.current)) });
+        self.manifest.shards.push(ShardInfo { file, bytes: self.current.len() as u64, sha256: crate::artifact::sha256_hex(&self.current) });
         self.current.clear();
         Ok(())
     }
@@ -187,10 +186,6 @@ impl<'a> PackageWriter<'a> {
         }
         Ok(self.manifest)
     }
-}
-
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl PackageManifest {
@@ -213,10 +208,18 @@ impl PackageManifest {
         if let Some(t) = m.tensors.iter().find(|t| !want.contains_key(&t.name)) {
             return Err(Error::format(source, format!("has an unexpected tensor {}", t.name)));
         }
+        for s in &m.shards {
+            crate::artifact::check_file_name(&s.file, source)?;
+        }
         for t in &m.tensors {
+            // The shape equals the config's (checked above), so its product is a sane size.
             let n: usize = t.shape.iter().product();
-            let total: u64 = t.pieces.iter().map(|p| p.bytes).sum();
-            if total as usize != t.dtype.bytes(n) || t.pieces.iter().any(|p| p.shard >= m.shards.len() || p.offset + p.bytes > m.shards[p.shard].bytes) {
+            if t.dtype != Stored::F16 && n % BLOCK != 0 {
+                return Err(Error::format(source, format!("tensor {} is stored {:?} but its {n} values are not a whole number of {BLOCK}-value blocks", t.name, t.dtype)));
+            }
+            let inside = |p: &Piece| p.shard < m.shards.len() && p.offset.checked_add(p.bytes).is_some_and(|end| end <= m.shards[p.shard].bytes);
+            let total = t.pieces.iter().try_fold(0u64, |acc, p| acc.checked_add(p.bytes));
+            if total != Some(t.dtype.bytes(n) as u64) || !t.pieces.iter().all(inside) {
                 return Err(Error::format(source, format!("tensor {} points outside its shards or has the wrong size", t.name)));
             }
         }
@@ -225,15 +228,8 @@ impl PackageManifest {
 
     /// Checks one shard's bytes against the manifest (size, then sha256).
     pub fn verify_shard(&self, index: usize, bytes: &[u8]) -> Result<()> {
-        let s = &self.shards[index];
-        if bytes.len() as u64 != s.bytes {
-            return Err(Error::format(&s.file, format!("is {} bytes, the manifest says {}: the download is incomplete or the file was replaced", bytes.len(), s.bytes)));
-        }
-        let h = hex(&Sha256::digest(bytes));
-        if h != s.sha256 {
-            return Err(Error::format(&s.file, format!("sha256 {h} does not match the manifest's {}: the file is corrupt", s.sha256)));
-        }
-        Ok(())
+        let s = self.shards.get(index).ok_or_else(|| Error::Invalid(format!("shard {index} is not in the manifest ({} shards)", self.shards.len())))?;
+        crate::artifact::verify(&s.file, bytes, s.bytes, &s.sha256)
     }
 
     /// Every tensor decoded to f32, from verified shards.
@@ -251,7 +247,11 @@ impl PackageManifest {
                 for p in &t.pieces {
                     bytes.extend_from_slice(&shards[p.shard][p.offset as usize..(p.offset + p.bytes) as usize]);
                 }
-                Ok((t.name.clone(), t.shape.clone(), decode(&bytes, t.shape.iter().product(), t.dtype)?))
+                let values = decode(&bytes, t.shape.iter().product(), t.dtype)?;
+                if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+                    return Err(Error::Invalid(format!("tensor {} of the package holds {v} (in its values or its block scales): the package is damaged; convert it again", t.name)));
+                }
+                Ok((t.name.clone(), t.shape.clone(), values))
             })
             .collect()
     }

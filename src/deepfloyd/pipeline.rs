@@ -71,6 +71,22 @@ pub struct Prompt {
     pub guidance: f32,
 }
 
+impl Prompt {
+    /// A prompt for guidance: `cond` and `uncond` must have the same token count and width (they
+    /// run as one batch), which an embedding file mixing two encoders' outputs can break.
+    pub fn new(cond: Tensor<3>, uncond: Option<Tensor<3>>, guidance: f32) -> Result<Self> {
+        if let Some(u) = &uncond
+            && u.dims() != cond.dims()
+        {
+            let ([_, lc, ec], [_, lu, eu]) = (cond.dims(), u.dims());
+            return Err(Error::Invalid(format!(
+                "the prompt's embedding is [{lc}, {ec}] but the null prompt's is [{lu}, {eu}]: both must come from the same text encoder with the same token count (T5-XXL: [77, 4096])"
+            )));
+        }
+        Ok(Prompt { cond, uncond, guidance })
+    }
+}
+
 /// The (guided) 6-channel output for a batch `x` under `prompt`: eps = eps_u + g (eps_c - eps_u),
 /// v from the conditional branch. Both branches run as one batch.
 ///

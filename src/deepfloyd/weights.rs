@@ -50,13 +50,16 @@ pub fn parse_header(bytes: &[u8], file_len: u64, source: &str) -> Result<(usize,
             continue;
         }
         let info: TensorInfo = serde_json::from_value(v).map_err(|e| err(format!("tensor {name}: bad header entry ({e})")))?;
-        let width = match info.dtype.as_str() {
+        let width: u64 = match info.dtype.as_str() {
             "F32" => 4,
             "F16" | "BF16" => 2,
             other => return Err(err(format!("tensor {name} has dtype {other}; only F32, F16 and BF16 weights are supported"))),
         };
         let [a, b] = info.data_offsets;
-        let need = info.shape.iter().product::<usize>() as u64 * width;
+        let need = info.shape.iter().try_fold(width, |acc, &d| acc.checked_mul(d as u64));
+        let Some(need) = need else {
+            return Err(err(format!("tensor {name}: shape {:?} has more elements than can exist (corrupt header)", info.shape)));
+        };
         if b < a || b - a != need {
             return Err(err(format!("tensor {name}: {} bytes for shape {:?} {} (corrupt header)", b.saturating_sub(a), info.shape, info.dtype)));
         }
@@ -66,6 +69,40 @@ pub fn parse_header(bytes: &[u8], file_len: u64, source: &str) -> Result<(usize,
         tensors.insert(name, info);
     }
     Ok((n, tensors))
+}
+
+/// A safetensors tensor's little-endian F32, F16 or BF16 bytes as f32 (dtypes checked by
+/// [`parse_header`]).
+pub fn floats(dtype: &str, raw: &[u8]) -> Vec<f32> {
+    match dtype {
+        "F32" => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        "F16" => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+    }
+}
+
+/// Refuses a tensor holding NaN or infinity, by name (such weights give a black image and exit 0).
+pub fn check_finite(name: &str, values: &[f32], source: &str) -> Result<()> {
+    match values.iter().find(|v| !v.is_finite()) {
+        Some(v) => Err(Error::format(source, format!("tensor {name} holds {v}: the weights are damaged (download or convert them again)"))),
+        None => Ok(()),
+    }
+}
+
+/// Every tensor of a safetensors file checked for NaN and infinity, read one at a time.
+#[cfg(not(target_arch = "wasm32"))]
+fn check_finite_file(path: &std::path::Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (n, tensors) = read_header_file_at(path)?;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut raw = Vec::new();
+    for (name, info) in &tensors {
+        f.seek(SeekFrom::Start(8 + n as u64 + info.data_offsets[0])).map_err(|e| Error::io(path, e))?;
+        raw.resize((info.data_offsets[1] - info.data_offsets[0]) as usize, 0);
+        f.read_exact(&mut raw).map_err(|e| Error::io(path, format!("reading {name}: {e}")))?;
+        check_finite(name, &floats(&info.dtype, &raw), &path.display().to_string())?;
+    }
+    Ok(())
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -109,14 +146,11 @@ pub fn weight_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
             let files: BTreeSet<&String> = idx.weight_map.values().collect();
             let mut out = Vec::new();
             for f in files {
-                if f.contains('/') || f.contains("..") {
-                    return Err(Error::format(&index, format!("shard name {f:?} points outside the folder")));
-                }
-                let p = dir.join(f);
-                if !p.is_file() {
+                crate::artifact::check_file_name(f, &index.display().to_string())?;
+                if !dir.join(f).exists() {
                     return Err(Error::format(&index, format!("lists shard {f}, which is missing from {}", dir.display())));
                 }
-                out.push(p);
+                out.push(crate::artifact::path_in(dir, f, &index.display().to_string())?);
             }
             return Ok(out);
         }
@@ -196,6 +230,9 @@ pub fn load_unet_dir(dir: &std::path::Path, device: &Device) -> Result<IfUNet> {
         }
     }
     check_keys(&cfg, &stored)?;
+    for f in &files {
+        check_finite_file(f)?;
+    }
     let mut model = cfg.init(device);
     let mut applied = BTreeSet::new();
     for f in &files {
@@ -210,7 +247,10 @@ pub fn load_unet_bytes(config_json: &str, files: Vec<(String, Vec<u8>)>, device:
     let cfg = IfConfig::from_json(config_json, "config.json")?;
     let mut stored = BTreeMap::new();
     for (name, bytes) in &files {
-        for (k, info) in parse_header(bytes, bytes.len() as u64, name)?.1 {
+        let (n, tensors) = parse_header(bytes, bytes.len() as u64, name)?;
+        for (k, info) in tensors {
+            let [a, b] = info.data_offsets;
+            check_finite(&k, &floats(&info.dtype, &bytes[8 + n + a as usize..8 + n + b as usize]), name)?;
             stored.insert(k, (info, name.clone()));
         }
     }
@@ -274,11 +314,8 @@ pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: super::
         f.seek(SeekFrom::Start(start + info.data_offsets[0])).map_err(|e| Error::io(path, e))?;
         let mut raw = vec![0u8; (info.data_offsets[1] - info.data_offsets[0]) as usize];
         f.read_exact(&mut raw).map_err(|e| Error::io(path, format!("reading {name}: {e}")))?;
-        let values: Vec<f32> = match info.dtype.as_str() {
-            "F32" => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            "F16" => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            _ => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        };
+        let values = floats(&info.dtype, &raw);
+        check_finite(name, &values, &path.display().to_string())?;
         writer.add(name, shape, &values)?;
         progress(i + 1, shapes.len());
     }
@@ -300,6 +337,7 @@ pub fn load_package_dir(dir: &std::path::Path, device: &Device) -> Result<IfUNet
     let mpath = dir.join("manifest.json");
     let json = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
     let (m, _) = super::package::PackageManifest::parse(&json, &mpath.display().to_string())?;
-    let shards = m.shards.iter().map(|s| std::fs::read(dir.join(&s.file)).map_err(|e| Error::io(dir.join(&s.file), e))).collect::<Result<Vec<_>>>()?;
+    let source = mpath.display().to_string();
+    let shards = m.shards.iter().map(|s| crate::artifact::read_in(dir, &s.file, s.bytes, &source)).collect::<Result<Vec<_>>>()?;
     load_package_bytes(&json, &shards, device)
 }

@@ -59,6 +59,23 @@ impl Dataset {
         self.labels.is_empty()
     }
 
+    /// sha256 of the images and labels: tells a run's data set from another on resume.
+    pub fn fingerprint(&self) -> String {
+        let mut bytes = Vec::with_capacity(self.images.len() + self.labels.len());
+        bytes.extend_from_slice(&self.images);
+        bytes.extend_from_slice(&self.labels);
+        crate::artifact::sha256_hex(&bytes)
+    }
+
+    /// Refuses a set with fewer than `n` images, naming what needs them (figures and evaluations
+    /// index the first images directly).
+    pub fn require(&self, n: usize, what: &str) -> Result<()> {
+        if self.len() < n {
+            return Err(Error::Invalid(format!("{what} needs at least {n} images, the data set has {}", self.len())));
+        }
+        Ok(())
+    }
+
     /// Loads one split from `dir` (files `train-images-idx3-ubyte[.gz]` etc.).
     pub fn load(dir: &Path, split: Split, kind: DatasetKind) -> Result<Self> {
         let prefix = match split {

@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::store::{BurnpackStore, FloatCastAdapter, ModuleRecord, ModuleSnapshot, ModuleStore};
+use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot, ModuleStore};
 use burn::tensor::{Bytes, DType};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::classifier::Classifier;
 use super::unet::{Conditioning, UNet, UNetConfig};
@@ -59,6 +58,12 @@ impl Manifest {
         if m.format != 1 {
             return Err(Error::format(source, format!("manifest format {} is not supported (expected 1)", m.format)));
         }
+        for e in &m.models {
+            crate::artifact::check_file_name(&e.file, source)?;
+            if e.kind == ModelKind::Unet {
+                e.unet_config()?;
+            }
+        }
         Ok(m)
     }
 
@@ -77,28 +82,17 @@ impl Manifest {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Entry {
     /// Checks that `bytes` are this entry's file, whole and unaltered.
     pub fn verify(&self, bytes: &[u8]) -> Result<()> {
-        if bytes.len() as u64 != self.bytes {
-            return Err(Error::format(
-                &self.file,
-                format!("is {} bytes, the manifest says {} (truncated or wrong file: download it again)", bytes.len(), self.bytes),
-            ));
-        }
-        let h = sha256_hex(bytes);
-        if h != self.sha256 {
-            return Err(Error::format(&self.file, format!("sha256 {h} does not match the manifest's {} (corrupt or replaced file)", self.sha256)));
-        }
-        Ok(())
+        crate::artifact::verify(&self.file, bytes, self.bytes, &self.sha256)
     }
 
     pub fn unet_config(&self) -> Result<UNetConfig> {
         match (self.kind, self.hidden, self.conditioning) {
+            (ModelKind::Unet, Some(h), _) if !(1..=super::unet::MAX_HIDDEN).contains(&h) => {
+                Err(Error::format(&self.file, format!("manifest entry '{}' has hidden {h}; a UNet's width D must be 1..={}", self.name, super::unet::MAX_HIDDEN)))
+            }
             (ModelKind::Unet, Some(h), Some(c)) => Ok(UNetConfig::new(h).with_conditioning(c)),
             _ => Err(Error::format(&self.file, format!("manifest entry '{}' is not a UNet with hidden and conditioning", self.name))),
         }
@@ -139,18 +133,16 @@ pub fn module_to_bytes_as<M: Module>(module: &M, float: StoredFloat) -> Result<V
     Ok(bytes.to_vec())
 }
 
-/// Loads burnpack bytes (f32 or f16) into `module`, checking every tensor's presence and shape;
-/// floats are widened to f32 so the model computes in f32 whatever the file holds.
+/// Loads burnpack bytes (f32 or f16) into `module`, checking that the file holds exactly the
+/// module's tensors (none missing, none left over: a class-conditioned file does not load as a
+/// time-only model), each of the right shape and with finite values; floats are widened to f32
+/// so the model computes in f32 whatever the file holds.
 pub fn load_module_bytes<M: Module>(module: M, bytes: &[u8], source: &str) -> Result<M> {
     // burnpack starts with a fixed magic; reject other files before parsing them.
     if bytes.len() < 8 {
         return Err(Error::format(source, format!("is only {} bytes: not a model file", bytes.len())));
     }
-    if !has_f16(bytes) {
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
-            .map_err(|e| Error::format(source, format!("not a readable burnpack model file ({e})")))?;
-        return module.try_load_record(record).map_err(|e| Error::format(source, format!("does not fit this model ({})", abridge(&e.to_string(), 600))));
-    }
+    check_finite(bytes, source)?;
     let mut module = module;
     let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes.to_vec()))).with_from_adapter(FloatCastAdapter::to(DType::F32));
     let result = module.load_from(&mut store).map_err(|e| {
@@ -162,10 +154,43 @@ pub fn load_module_bytes<M: Module>(module: M, bytes: &[u8], source: &str) -> Re
     if !result.is_success() || !result.missing.is_empty() {
         return Err(Error::format(source, format!("does not fit this model ({})", abridge(&format!("{result:?}"), 600))));
     }
+    if !result.unused.is_empty() {
+        return Err(Error::format(
+            source,
+            format!("holds tensors this model does not have ({}): it was made for another architecture or conditioning", abridge(&result.unused.join(", "), 300)),
+        ));
+    }
     Ok(module)
 }
 
+/// Refuses a burnpack file with a NaN or infinite float, naming the tensor (such weights draw a
+/// black image without any other sign of trouble).
+fn check_finite(bytes: &[u8], source: &str) -> Result<()> {
+    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes.to_vec())));
+    let tensors = store.get_all_tensors().map_err(|e| Error::format(source, format!("not a readable burnpack model file ({})", abridge(&e.to_string(), 300))))?;
+    for (name, t) in tensors {
+        let width = match t.dtype {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::F64 => 8,
+            _ => continue,
+        };
+        let raw = t.to_bytes().map_err(|e| Error::format(source, format!("tensor {name}: {e:?}")))?;
+        let bad = raw.chunks_exact(width).map(|c| match t.dtype {
+            DType::F32 => f32::from_le_bytes(c.try_into().unwrap()),
+            DType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+            DType::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+            _ => f64::from_le_bytes(c.try_into().unwrap()) as f32,
+        }).find(|v| !v.is_finite());
+        if let Some(v) = bad {
+            return Err(Error::format(source, format!("tensor {name} holds {v}: the weights are damaged (a diverged run or a corrupt file)")));
+        }
+    }
+    Ok(())
+}
+
 /// Whether a burnpack file holds f16 tensors (its header names each tensor's dtype).
+#[cfg(test)]
 fn has_f16(bytes: &[u8]) -> bool {
     let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes.to_vec())));
     store.get_all_tensors().map(|t| t.values().any(|t| t.dtype == DType::F16)).unwrap_or(false)

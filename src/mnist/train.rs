@@ -85,6 +85,10 @@ impl Recipe {
     }
 }
 
+/// The largest batch and epoch count a run accepts (the recipes use 64-256 and 5-20).
+pub const MAX_BATCH: usize = 60_000;
+pub const MAX_EPOCHS: usize = 10_000;
+
 /// Every value of a training run (all of them CLI flags).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -127,24 +131,47 @@ impl TrainConfig {
         self.lr * self.gamma.map_or(1.0, |g| g.powi(epoch as i32))
     }
 
+    /// Every value checked before anything is allocated or trained: a wrong value is a clear
+    /// error naming it, never a panic, an abort on a huge allocation or a NaN run.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Invalid(m.to_string()));
-        if self.hidden == 0 || self.batch == 0 || self.epochs == 0 {
-            return bad("--hidden, --batch and --epochs must be at least 1");
+        let bad = |m: String| Err(Error::Invalid(m));
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        if !(1..=super::unet::MAX_HIDDEN).contains(&self.hidden) {
+            return bad(format!("--hidden {} must be 1..={}", self.hidden, super::unet::MAX_HIDDEN));
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return bad(format!("--batch {} must be 1..={MAX_BATCH}", self.batch));
+        }
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return bad(format!("--epochs {} must be 1..={MAX_EPOCHS}", self.epochs));
         }
         if self.micro_batch == Some(0) {
-            return bad("--micro-batch must be at least 1");
+            return bad("--micro-batch must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("--lr must be a positive number");
+        if !(positive(self.lr) && self.lr <= 10.0) {
+            return bad(format!("--lr {} must be a positive number no larger than 10", self.lr));
         }
         if !(0.0..=1.0).contains(&self.p_uncond) {
-            return bad("--p-uncond must be in [0, 1]");
+            return bad(format!("--p-uncond {} must be in [0, 1]", self.p_uncond));
         }
         if let Some(g) = self.gamma
             && !(g > 0.0 && g <= 1.0)
         {
-            return bad("--gamma must be in (0, 1]");
+            return bad(format!("--gamma {g} must be in (0, 1]"));
+        }
+        if !(self.sigma.is_finite() && (0.0..=100.0).contains(&self.sigma)) {
+            return bad(format!("--sigma {} must be a number in [0, 100]", self.sigma));
+        }
+        if let Some(c) = self.grad_clip
+            && !positive(c as f64)
+        {
+            return bad(format!("--grad-clip {c} must be a positive number"));
+        }
+        if !(self.weight_decay.is_finite() && (0.0..=1.0).contains(&self.weight_decay)) {
+            return bad(format!("--weight-decay {} must be in [0, 1]", self.weight_decay));
+        }
+        if !(positive(self.adam_eps as f64) && self.adam_eps <= 1.0) {
+            return bad(format!("--adam-eps {} must be a positive number no larger than 1", self.adam_eps));
         }
         Ok(())
     }
@@ -188,39 +215,71 @@ pub struct Progress {
     pub losses: Vec<f32>,
     /// Wall-clock seconds spent training so far, across resumes.
     pub seconds: f64,
+    /// [`Dataset::fingerprint`] of the training data (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_sha256: Option<String>,
 }
 
-const MAGIC: &[u8; 8] = b"DPCKPT01";
+const MAGIC_V1: &[u8; 8] = b"DPCKPT01";
+/// Version 2 ends with the sha256 of everything before it.
+const MAGIC: &[u8; 8] = b"DPCKPT02";
 
-/// Serialises a checkpoint: magic, then three length-prefixed parts (progress JSON, model
-/// burnpack, optimizer burnpack).
+/// Serialises a checkpoint: magic, three length-prefixed parts (progress JSON, model burnpack,
+/// optimizer burnpack), then a sha256 of all of it, so a flipped bit is found on resume.
 fn encode_checkpoint(progress: &Progress, model: &[u8], optim: &[u8]) -> Vec<u8> {
-    let json = serde_json::to_vec(progress).expect("progress serialises");
-    let mut out = Vec::with_capacity(8 + 24 + json.len() + model.len() + optim.len());
+    encode_parts(&serde_json::to_vec(progress).expect("progress serialises"), model, optim)
+}
+
+fn encode_parts(json: &[u8], model: &[u8], optim: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut out = Vec::with_capacity(8 + 24 + json.len() + model.len() + optim.len() + 32);
     out.extend_from_slice(MAGIC);
-    for part in [&json[..], model, optim] {
+    for part in [json, model, optim] {
         out.extend((part.len() as u64).to_le_bytes());
         out.extend_from_slice(part);
     }
+    let sum = sha2::Sha256::digest(&out);
+    out.extend_from_slice(&sum);
     out
 }
 
-fn decode_checkpoint(bytes: &[u8], path: &Path) -> Result<(Progress, Vec<u8>, Vec<u8>)> {
-    if bytes.len() < 8 || &bytes[..8] != MAGIC {
-        return Err(Error::format(path, "not a checkpoint of this tool"));
-    }
-    let mut parts = Vec::new();
+/// The three parts of a checkpoint, after checking its checksum (version 1 files, written
+/// before checksums, are read as they are).
+fn decode_parts(bytes: &[u8], path: &Path) -> Result<[Vec<u8>; 3]> {
+    use sha2::Digest;
+    let body = match bytes.get(..8) {
+        Some(m) if m == MAGIC => {
+            let Some(split) = bytes.len().checked_sub(32).filter(|&s| s >= 8) else {
+                return Err(Error::format(path, "truncated checkpoint (delete it and start again, or use an epoch_N.bpk)"));
+            };
+            let (body, sum) = bytes.split_at(split);
+            if sha2::Sha256::digest(body).as_slice() != sum {
+                return Err(Error::format(path, "checkpoint checksum mismatch: the file is corrupt (a disk or copy error); delete it and start again, or use an epoch_N.bpk"));
+            }
+            body
+        }
+        Some(m) if m == MAGIC_V1 => bytes,
+        _ => return Err(Error::format(path, "not a checkpoint of this tool")),
+    };
+    let mut parts: [Vec<u8>; 3] = Default::default();
     let mut pos = 8;
-    for _ in 0..3 {
-        let len = bytes.get(pos..pos + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
-        let part = len.and_then(|l| bytes.get(pos + 8..(pos + 8).checked_add(l)?));
-        let part = part.ok_or_else(|| Error::format(path, "truncated checkpoint (delete it and start again, or use an epoch_N.bpk)"))?;
-        pos += 8 + part.len();
-        parts.push(part.to_vec());
+    for part in parts.iter_mut() {
+        let len = body.get(pos..pos + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+        let range = len.and_then(|l| usize::try_from(l).ok()).and_then(|l| Some(pos + 8..(pos + 8).checked_add(l)?));
+        let data = range.and_then(|r| body.get(r));
+        let data = data.ok_or_else(|| Error::format(path, "truncated checkpoint (delete it and start again, or use an epoch_N.bpk)"))?;
+        pos += 8 + data.len();
+        *part = data.to_vec();
     }
-    let progress: Progress = serde_json::from_slice(&parts[0]).map_err(|e| Error::format(path, format!("checkpoint header: {e}")))?;
-    let optim = parts.pop().unwrap();
-    let model = parts.pop().unwrap();
+    if pos != body.len() {
+        return Err(Error::format(path, "checkpoint has trailing bytes: corrupt"));
+    }
+    Ok(parts)
+}
+
+fn decode_checkpoint(bytes: &[u8], path: &Path) -> Result<(Progress, Vec<u8>, Vec<u8>)> {
+    let [json, model, optim] = decode_parts(bytes, path)?;
+    let progress: Progress = serde_json::from_slice(&json).map_err(|e| Error::format(path, format!("checkpoint header: {e}")))?;
     Ok((progress, model, optim))
 }
 
@@ -313,10 +372,20 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
     let initial = package::module_to_bytes(seeded_init(config.seed, &Device::flex(), |d| config.unet().init(d)))?;
     let mut model: UNet = package::load_module_bytes(config.unet().init(&adevice), &initial, "the initial weights")?;
     let mut optim = config.optimizer();
-    let mut progress = Progress { config: config.clone(), epoch: 0, batch: 0, losses: Vec::new(), seconds: 0.0 };
+    let mut progress = Progress { config: config.clone(), epoch: 0, batch: 0, losses: Vec::new(), seconds: 0.0, data_sha256: None };
+
+    let data = load_train_data(&config, &opts.data_dir)?;
+    let n = data.len();
+    if n == 0 {
+        return Err(Error::Invalid("the training set is empty".into()));
+    }
+    let batches = n.div_ceil(config.batch);
+    let fingerprint = data.fingerprint();
+    progress.data_sha256 = Some(fingerprint.clone());
 
     if opts.resume && run.checkpoint().exists() {
         let (p, model_bytes, optim_bytes) = read_checkpoint(&run.checkpoint())?;
+        check_resume(&p, &config, batches, &fingerprint, &run.checkpoint())?;
         if p.config != config {
             // Only the epoch count may grow on resume (train longer); everything else must match.
             let mut same = p.config.clone();
@@ -347,7 +416,7 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
         let record = burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(optim_bytes))
             .map_err(|e| Error::format(run.checkpoint(), format!("optimizer state: {e}")))?;
         optim = optim.load_record(record);
-        progress = Progress { config: config.clone(), ..p };
+        progress = Progress { config: config.clone(), data_sha256: Some(fingerprint), ..p };
         eprintln!("resuming {} at epoch {} batch {}", run.0.display(), progress.epoch + 1, progress.batch + 1);
     } else if run.checkpoint().exists() && !opts.resume {
         return Err(Error::Invalid(format!(
@@ -356,13 +425,6 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
         )));
     }
     write_atomic(&run.config(), serde_json::to_string_pretty(&config).unwrap().as_bytes())?;
-
-    let data = load_train_data(&config, &opts.data_dir)?;
-    let n = data.len();
-    if n == 0 {
-        return Err(Error::Invalid("the training set is empty".into()));
-    }
-    let batches = n.div_ceil(config.batch);
     let total_steps = batches * config.epochs;
 
     let bar = if opts.progress_bar {
@@ -381,6 +443,14 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
     let save = |model: &UNet, optim: &ModuleOptimizer, progress: &Progress| -> Result<()> {
         // `valid()` folds in the last BatchNorm running-statistics update (a plain clone may
         // still hold the value from one step earlier).
+        // A checkpoint only ever holds finite weights: a NaN state never replaces a good one.
+        if let Some(name) = first_non_finite(model) {
+            return Err(Error::Invalid(format!(
+                "the weights became NaN or infinite ({name}) at epoch {} batch {}: lower --lr; the checkpoint on disk is the last good state and was not overwritten",
+                progress.epoch + 1,
+                progress.batch + 1
+            )));
+        }
         let m = package::module_to_bytes(model.valid())?;
         let o = optim.into_bytes().map_err(|e| Error::Invalid(format!("optimizer state: {e}")))?;
         write_atomic(&run.checkpoint(), &encode_checkpoint(progress, &m, &o))
@@ -392,6 +462,18 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
     let mut window = (Instant::now(), 0usize);
     let mut steps_here = 0usize;
 
+    // A run stopped between its epoch-end checkpoint and that epoch's figures (or model.bpk)
+    // writes them now, so "finished" always means every file is there.
+    if progress.epoch > 0 && progress.batch == 0 {
+        let e = progress.epoch;
+        if (opts.figure_epochs.contains(&e) || e == config.epochs) && !figure_path(&config, &run.0, e).exists() {
+            epoch_figures(&config, &model.valid(), device, &run.0, e, opts.data_dir.as_deref())?;
+        }
+        if !run.snapshot(e).exists() {
+            write_atomic(&run.snapshot(e), &package::module_to_bytes(model.valid())?)?;
+        }
+    }
+
     while progress.epoch < config.epochs {
         let epoch = progress.epoch;
         let lr = config.lr_at(epoch);
@@ -402,15 +484,12 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
             let idx = &perm[b * config.batch..((b + 1) * config.batch).min(n)];
             let mut rng = Rng::derive(config.seed, &[epoch as u64, b as u64]);
             let (grads, value) = batch_step(&config, &model, &data, idx, &mut rng, &adevice);
-            model = optim.step(lr, model, grads);
             if !value.is_finite() {
-                save(&model, &optim, &progress)?;
-                return Err(Error::Invalid(format!(
-                    "loss became {value} at epoch {} batch {b}: lower --lr (the last good state is in {})",
-                    epoch + 1,
-                    run.checkpoint().display()
-                )));
+                // Not saved: the checkpoint on disk (if any) holds the last good state.
+                let last = if run.checkpoint().exists() { format!("the last good state is in {} (--resume continues from it)", run.checkpoint().display()) } else { "no checkpoint was written yet".into() };
+                return Err(Error::Invalid(format!("loss became {value} at epoch {} batch {}: lower --lr; {last}", epoch + 1, b + 1)));
             }
+            model = optim.step(lr, model, grads);
             progress.losses.push(value);
             progress.batch += 1;
             steps_here += 1;
@@ -464,6 +543,53 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
     let seconds_this_run = started.elapsed().as_secs_f64();
     progress.seconds = seconds_before + seconds_this_run;
     Ok(Outcome { progress, finished: true, seconds_this_run })
+}
+
+/// A resumed checkpoint must belong to this run: counters inside the recipe, a loss history
+/// that matches them, and the same training data.
+fn check_resume(p: &Progress, config: &TrainConfig, batches: usize, fingerprint: &str, path: &Path) -> Result<()> {
+    let bad = |why: String| Err(Error::format(path, format!("{why}; it does not belong to this run (use another --out, or start again without --resume)")));
+    if let Some(have) = &p.data_sha256
+        && have != fingerprint
+    {
+        return bad("it was trained on another data set (the images or labels differ from --data / --dataset / --limit)".into());
+    }
+    if p.epoch > config.epochs || (p.epoch == config.epochs && p.batch > 0) {
+        return bad(format!("the checkpoint is at epoch {} batch {}, beyond the run's {} epochs", p.epoch + 1, p.batch + 1, config.epochs));
+    }
+    if p.batch >= batches {
+        return bad(format!("the checkpoint is at batch {} of an epoch of {batches} batches", p.batch + 1));
+    }
+    if p.epoch.checked_mul(batches).and_then(|d| d.checked_add(p.batch)) != Some(p.losses.len()) {
+        return bad(format!("its loss history ({} steps) does not match epoch {} batch {} at {batches} batches an epoch", p.losses.len(), p.epoch + 1, p.batch + 1));
+    }
+    Ok(())
+}
+
+/// The name of a parameter holding NaN or infinity, if any.
+fn first_non_finite<M: Module>(model: &M) -> Option<String> {
+    struct Finder(Option<String>);
+    impl burn::module::ModuleVisitor for Finder {
+        fn visit_float_with_path<const D: usize>(&mut self, path: &[String], _id: burn::module::ParamId, tensor: &Tensor<D>) {
+            if self.0.is_none() {
+                // NaN and infinity survive a sum; finite weights of a UNet are far from overflowing it.
+                if !tensor.clone().sum().into_scalar::<f32>().is_finite() {
+                    self.0 = Some(path.join("."));
+                }
+            }
+        }
+    }
+    let mut f = Finder(None);
+    model.visit(&mut f);
+    f.0
+}
+
+/// The figure an epoch writes (a recipe's samples or denoising grid).
+fn figure_path(config: &TrainConfig, dir: &Path, epoch: usize) -> PathBuf {
+    match config.recipe {
+        Recipe::Denoiser | Recipe::PureNoise => dir.join(format!("denoise_epoch{epoch}.png")),
+        _ => dir.join(format!("samples_epoch{epoch}.png")),
+    }
 }
 
 /// The gradients of one optimisation step on the images `idx`, and its loss. All of the step's
@@ -521,8 +647,9 @@ fn epoch_figures(config: &TrainConfig, model: &UNet, device: &Device, dir: &Path
         Recipe::Denoiser | Recipe::PureNoise => {
             let ddir = data_dir.map(Path::to_path_buf).unwrap_or_else(|| config.dataset.default_dir());
             let test = Dataset::load(&ddir, Split::Test, config.dataset)?;
-            let img = denoise_grid(&model, &test, config.sigma, config.recipe == Recipe::PureNoise, 8, config.seed, device);
-            save_png(&img, &dir.join(format!("denoise_epoch{epoch}.png")))
+            test.require(1, "the denoising figure")?;
+            let img = denoise_grid(&model, &test, config.sigma, config.recipe == Recipe::PureNoise, 8.min(test.len()), config.seed, device);
+            save_png(&img, &figure_path(config, dir, epoch))
         }
         _ => {
             let labels: Vec<usize> = (0..4).flat_map(|_| 0..10).collect();
@@ -530,7 +657,7 @@ fn epoch_figures(config: &TrainConfig, model: &UNet, device: &Device, dir: &Path
             let sampler = FlowSampler::new(Solver::Euler, FIGURE_STEPS);
             let out = sampler.sample(&model, x0, &Conditions { labels, guidance: 5.0 }, |_, _| true);
             let v: Vec<f32> = out.into_data().try_to_vec().map_err(|e| Error::Device(format!("{e:?}")))?;
-            save_png(&grid(&v, 28, 4, 10, 2, 2), &dir.join(format!("samples_epoch{epoch}.png")))
+            save_png(&grid(&v, 28, 4, 10, 2, 2), &figure_path(config, dir, epoch))
         }
     }
 }
@@ -569,13 +696,20 @@ mod tests {
     #[test]
     fn checkpoint_round_trip_and_truncation() {
         let p = Recipe::ClassFlow.defaults();
-        let prog = Progress { config: p, epoch: 2, batch: 5, losses: vec![1.0, 0.5], seconds: 3.0 };
+        let prog = Progress { config: p, epoch: 2, batch: 5, losses: vec![1.0, 0.5], seconds: 3.0, data_sha256: None };
         let enc = encode_checkpoint(&prog, b"model", b"optim");
         let (q, m, o) = decode_checkpoint(&enc, Path::new("x")).unwrap();
         assert_eq!((q.epoch, q.batch, q.losses), (2, 5, vec![1.0, 0.5]));
         assert_eq!((m.as_slice(), o.as_slice()), (&b"model"[..], &b"optim"[..]));
         for cut in [0, 7, 12, enc.len() - 1] {
             assert!(decode_checkpoint(&enc[..cut], Path::new("x")).is_err());
+        }
+        // Any flipped bit, in the header, the weights or the checksum itself, is found.
+        for i in [3, 20, enc.len() - 40, enc.len() - 1] {
+            let mut bad = enc.clone();
+            bad[i] ^= 0x10;
+            let e = decode_checkpoint(&bad, Path::new("x")).unwrap_err().to_string();
+            assert!(e.contains("checksum") || e.contains("not a checkpoint"), "byte {i}: {e}");
         }
     }
 
@@ -585,7 +719,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let ckpt = dir.join("checkpoint.ckpt");
         let write = |epoch, batch, n: usize| {
-            let prog = Progress { config: Recipe::ClassFlow.defaults(), epoch, batch, losses: vec![0.5; n], seconds: 0.0 };
+            let prog = Progress { config: Recipe::ClassFlow.defaults(), epoch, batch, losses: vec![0.5; n], seconds: 0.0, data_sha256: None };
             std::fs::write(&ckpt, encode_checkpoint(&prog, b"m", b"o")).unwrap();
         };
         write(2, 3, 2 * 7 + 3);
@@ -621,51 +755,116 @@ pub struct ClassifierRun {
     pub batch: usize,
     pub lr: f64,
     pub seed: u64,
+    /// Continue from `out`'s checkpoint.
+    pub resume: bool,
+}
+
+/// Where a classifier run is: the next epoch and batch, and every step's loss.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ClassifierProgress {
+    epochs: usize,
+    batch: usize,
+    lr: f64,
+    seed: u64,
+    epoch: usize,
+    next_batch: usize,
+    losses: Vec<f32>,
+    data_sha256: String,
 }
 
 /// Trains the digit classifier with Adam and cross-entropy, writes `model.bpk` (and an
-/// `epoch_N.bpk` per epoch) and returns its test-set accuracy. A few minutes on CPU.
+/// `epoch_N.bpk` per epoch) and returns its test-set accuracy. A few minutes on CPU. Like the
+/// UNet runs it checkpoints at every epoch end and when stopped, and `resume` continues exactly.
 pub fn train_classifier(run: &ClassifierRun, device: &Device, stop: &AtomicBool) -> Result<f64> {
     use super::classifier::{argmax_rows, Classifier};
     use burn::nn::loss::CrossEntropyLossConfig;
+    if !(1..=MAX_EPOCHS).contains(&run.epochs) || !(1..=MAX_BATCH).contains(&run.batch) || !(run.lr > 0.0 && run.lr.is_finite()) {
+        return Err(Error::Invalid(format!("epochs 1..={MAX_EPOCHS}, batch 1..={MAX_BATCH} and a positive lr are needed (got {}, {}, {})", run.epochs, run.batch, run.lr)));
+    }
     let dir = run.data_dir.clone().unwrap_or_else(|| DatasetKind::Mnist.default_dir());
     let train_set = Dataset::load(&dir, Split::Train, DatasetKind::Mnist)?;
     let test = Dataset::load(&dir, Split::Test, DatasetKind::Mnist)?;
+    train_set.require(1, "training the classifier")?;
+    test.require(1, "measuring the classifier's accuracy")?;
     std::fs::create_dir_all(&run.out).map_err(|e| Error::io(&run.out, e))?;
+    let ckpt = RunDir(run.out.clone()).checkpoint();
     let adevice = device.clone().autodiff();
     let mut model = seeded_init(run.seed, &adevice, Classifier::new);
     let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
     let ce = CrossEntropyLossConfig::new().init(&adevice);
     let n = train_set.len();
     let batches = n.div_ceil(run.batch);
+    let mut progress = ClassifierProgress {
+        epochs: run.epochs,
+        batch: run.batch,
+        lr: run.lr,
+        seed: run.seed,
+        epoch: 0,
+        next_batch: 0,
+        losses: Vec::new(),
+        data_sha256: train_set.fingerprint(),
+    };
+    if run.resume && ckpt.exists() {
+        let bytes = std::fs::read(&ckpt).map_err(|e| Error::io(&ckpt, e))?;
+        let [json, m, o] = decode_parts(&bytes, &ckpt)?;
+        let p: ClassifierProgress = serde_json::from_slice(&json).map_err(|e| Error::format(&ckpt, format!("not a classifier checkpoint ({e})")))?;
+        if (p.batch, p.lr, p.seed, &p.data_sha256) != (run.batch, run.lr, run.seed, &progress.data_sha256) || p.epoch > run.epochs || p.next_batch >= batches {
+            return Err(Error::format(&ckpt, "was made with other settings or data (or is past this run's epochs): resume with the same flags, or use another --out"));
+        }
+        model = package::load_module_bytes(model, &m, &ckpt.display().to_string())?;
+        let record = burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(o)).map_err(|e| Error::format(&ckpt, format!("optimizer state: {e}")))?;
+        optim = optim.load_record(record);
+        progress = ClassifierProgress { epochs: run.epochs, ..p };
+        eprintln!("resuming {} at epoch {} batch {}", run.out.display(), progress.epoch + 1, progress.next_batch + 1);
+    } else if ckpt.exists() && !run.resume {
+        return Err(Error::Invalid(format!("{} already holds a run: pass --resume to continue it, or choose another --out", run.out.display())));
+    }
+    let save = |model: &Classifier, optim: &ModuleOptimizer, p: &ClassifierProgress| -> Result<()> {
+        if let Some(name) = first_non_finite(model) {
+            return Err(Error::Invalid(format!("the classifier's weights became NaN or infinite ({name}): lower --lr; the checkpoint on disk was not overwritten")));
+        }
+        let m = package::module_to_bytes(model.valid())?;
+        let o = optim.into_bytes().map_err(|e| Error::Invalid(format!("optimizer state: {e}")))?;
+        write_atomic(&ckpt, &encode_parts(&serde_json::to_vec(p).expect("progress serialises"), &m, &o))
+    };
     let bar = indicatif::ProgressBar::new((batches * run.epochs) as u64);
-    let mut losses = Vec::new();
-    for epoch in 0..run.epochs {
+    bar.set_position((progress.epoch * batches + progress.next_batch) as u64);
+    while progress.epoch < run.epochs {
+        let epoch = progress.epoch;
         let perm = Rng::derive(run.seed, &[u64::MAX - 1, epoch as u64]).permutation(n);
-        for b in 0..batches {
+        while progress.next_batch < batches {
+            let b = progress.next_batch;
             let idx = &perm[b * run.batch..((b + 1) * run.batch).min(n)];
             let (x, labels) = train_set.batch(idx, &adevice);
             let targets = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [idx.len()]), &adevice);
             let loss = ce.forward(model.forward(x), targets);
+            let v: f32 = loss.clone().into_scalar();
+            if !v.is_finite() {
+                return Err(Error::Invalid(format!("the classifier's loss became {v} at epoch {} batch {}: lower --lr", epoch + 1, b + 1)));
+            }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             // Lower the rate for the last epoch: a cheap anneal that gains a few tenths of a percent.
             let lr = if epoch + 1 == run.epochs && run.epochs > 1 { run.lr * 0.3 } else { run.lr };
             model = optim.step(lr, model, grads);
-            let v: f32 = loss.into_scalar();
-            losses.push(v);
+            progress.losses.push(v);
+            progress.next_batch += 1;
             bar.inc(1);
             if b % 20 == 0 {
                 bar.set_message(format!("epoch {} loss {v:.4}", epoch + 1));
             }
             if stop.load(Ordering::SeqCst) {
-                bar.abandon();
+                save(&model, &optim, &progress)?;
+                bar.abandon_with_message(format!("stopped; saved {}", ckpt.display()));
                 return Err(Error::Interrupted);
             }
         }
+        progress.epoch += 1;
+        progress.next_batch = 0;
         write_atomic(&run.out.join(format!("epoch_{}.bpk", epoch + 1)), &package::module_to_bytes(model.valid())?)?;
+        save(&model, &optim, &progress)?;
     }
     bar.finish_and_clear();
-    write_loss_curve(&run.out, &losses, batches)?;
+    write_loss_curve(&run.out, &progress.losses, batches)?;
     let model = model.valid().to_device(device);
     let mut correct = 0;
     for chunk in (0..test.len()).collect::<Vec<_>>().chunks(1000) {

@@ -23,6 +23,10 @@ pub enum Conditioning {
     TimeClass,
 }
 
+/// The widest UNet the tools build (the course's are 64 and 128): beyond it the weights alone
+/// run to gigabytes, which is a typo rather than a plan.
+pub const MAX_HIDDEN: usize = 512;
+
 #[derive(Config, Debug)]
 pub struct UNetConfig {
     /// Hidden channels D.

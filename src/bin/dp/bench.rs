@@ -6,6 +6,7 @@
 //! result: a shared machine's speed drifts by a third within minutes, which one burn run followed
 //! by one PyTorch run reads as a difference between the two.
 
+use crate::args::{count, positive};
 use std::process::Command;
 use std::time::Instant;
 
@@ -20,14 +21,14 @@ use diffusion_playground::{Error, Result};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = count(diffusion_playground::mnist::unet::MAX_HIDDEN))]
     hidden: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = count(1024))]
     train_batch: usize,
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 80, value_parser = count(1024))]
     sample_batch: usize,
     /// Seconds each measurement runs for.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = positive)]
     seconds: f64,
     /// Rounds of (burn, PyTorch); the ratios reported are the median of the rounds'.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]

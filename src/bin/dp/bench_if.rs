@@ -2,6 +2,7 @@
 //! depend on their values), batch 2 as guidance runs it, 64x64, 77 tokens, next to diffusers on
 //! the same machine. Prints ms per step, GFLOP/s, peak memory and the ratio.
 
+use crate::args::count;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -17,10 +18,10 @@ pub struct BenchIfArgs {
     /// IF-I size: M, L or XL.
     #[arg(long, default_value = "M")]
     variant: String,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = count(64))]
     batch: usize,
     /// Timed steps (after one warm-up step).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = count(1000))]
     steps: usize,
     /// Skip the diffusers side.
     #[arg(long)]

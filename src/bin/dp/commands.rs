@@ -13,7 +13,7 @@ use diffusion_playground::image_ops::{gif_bytes, grid, save_png, write_atomic};
 use diffusion_playground::mnist::classifier::{argmax_rows, FEATURES};
 use diffusion_playground::mnist::data::{Dataset, DatasetKind, Split};
 use diffusion_playground::mnist::flow::{noise, Conditions, FlowSampler, Solver};
-use diffusion_playground::mnist::metrics::fid;
+use diffusion_playground::mnist::metrics::{background_grain, fid};
 use diffusion_playground::mnist::package::{self, Entry, Manifest, ModelKind};
 use diffusion_playground::mnist::train::{self, Recipe, RunOptions};
 use diffusion_playground::mnist::unet::{Conditioning, UNet};
@@ -21,7 +21,7 @@ use diffusion_playground::mnist::{CLASSES, PIXELS};
 use diffusion_playground::rng::Rng;
 use diffusion_playground::{Error, Result};
 
-use crate::args::{at_least_one, finite};
+use crate::args::{at_least_one, count, guidance, non_negative, positive, positive_f32, probability};
 use crate::models;
 
 #[derive(Parser)]
@@ -35,6 +35,13 @@ pub struct Cli {
     compute: Compute,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// Whether the command is a trainer (which checkpoints, and resumes with --resume).
+    pub fn trains(&self) -> bool {
+        matches!(self.command, Command::Train(_) | Command::TrainClassifier(_))
+    }
 }
 
 #[derive(Subcommand)]
@@ -74,46 +81,46 @@ struct TrainArgs {
     /// Directory of the IDX files (default: data/mnist, or Debian's Fashion-MNIST folder).
     #[arg(long)]
     data: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, value_parser = count(diffusion_playground::mnist::unet::MAX_HIDDEN))]
     hidden: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = count(train::MAX_BATCH))]
     batch: Option<usize>,
     /// Run each batch as passes of at most this many images, summing gradients before the one
     /// optimizer step (a GPU needs <= 83: burn 0.22's GPU reductions break beyond 65,504 values).
-    #[arg(long)]
+    #[arg(long, value_parser = count(train::MAX_BATCH))]
     micro_batch: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = count(train::MAX_EPOCHS))]
     epochs: Option<usize>,
     /// Per-epoch LR decay factor (default 0.1^(1/epochs) for the flow recipes with a scheduler).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     gamma: Option<f64>,
     /// Turn the LR scheduler off.
     #[arg(long)]
     no_scheduler: bool,
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     sigma: Option<f32>,
-    #[arg(long)]
+    #[arg(long, value_parser = probability)]
     p_uncond: Option<f32>,
-    #[arg(long)]
+    #[arg(long, value_parser = positive_f32)]
     grad_clip: Option<f32>,
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     weight_decay: Option<f32>,
-    #[arg(long)]
+    #[arg(long, value_parser = positive_f32)]
     adam_eps: Option<f32>,
     #[arg(long)]
     seed: Option<u64>,
     /// Use only the first N training images.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     limit: Option<usize>,
     /// Epochs after which figures are written (the last always is).
     #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
     figure_epochs: Vec<usize>,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = positive)]
     checkpoint_minutes: f64,
     /// Stop after this many steps in this invocation (checkpointed; --resume continues).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     max_steps: Option<usize>,
 }
 
@@ -123,12 +130,15 @@ struct ClassifierArgs {
     out: PathBuf,
     #[arg(long)]
     data: Option<PathBuf>,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = count(train::MAX_EPOCHS))]
     epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = count(train::MAX_BATCH))]
     batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = positive)]
     lr: f64,
+    /// Continue a stopped run from its last finished epoch.
+    #[arg(long)]
+    resume: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -136,12 +146,12 @@ struct ClassifierArgs {
 #[derive(Args, Clone)]
 struct SamplerArgs {
     /// Euler steps (or Heun steps: each costs two model calls).
-    #[arg(long, default_value_t = 50, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 50, value_parser = count(MAX_STEPS))]
     steps: usize,
     #[arg(long, value_enum, default_value = "euler")]
     solver: Solver,
     /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 5.0, value_parser = finite)]
+    #[arg(long, default_value_t = 5.0, value_parser = guidance)]
     guidance: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -159,7 +169,7 @@ struct SampleArgs {
     #[arg(long, value_delimiter = ',')]
     digits: Option<Vec<usize>>,
     /// Samples per digit (rows of the grid).
-    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 4, value_parser = count(100))]
     per_digit: usize,
     #[command(flatten)]
     sampler: SamplerArgs,
@@ -178,9 +188,9 @@ struct EvalArgs {
     epoch: Option<usize>,
     #[arg(long, default_value = "pkg:classifier")]
     classifier: String,
-    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 1000, value_parser = count(100_000))]
     per_class: usize,
-    #[arg(long, default_value_t = 250, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 250, value_parser = count(10_000))]
     batch: usize,
     #[command(flatten)]
     sampler: SamplerArgs,
@@ -264,6 +274,9 @@ struct PackageArgs {
     notes: Vec<String>,
 }
 
+/// The most steps a sampler flag accepts (the course uses 50-300).
+pub const MAX_STEPS: usize = 10_000;
+
 /// The longest reduced dimension burn 0.22's GPU reductions were seen to get right.
 const GPU_REDUCE_LIMIT: usize = 65_504;
 
@@ -317,7 +330,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainClassifier(a) => {
             let stop = stop_flag();
             let acc = train::train_classifier(
-                &train::ClassifierRun { out: a.out.clone(), data_dir: a.data, epochs: a.epochs, batch: a.batch, lr: a.lr, seed: a.seed },
+                &train::ClassifierRun { out: a.out.clone(), data_dir: a.data, epochs: a.epochs, batch: a.batch, lr: a.lr, seed: a.seed, resume: a.resume },
                 &device,
                 &stop,
             )?;
@@ -332,16 +345,26 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The process's one stop flag, raised by Ctrl-C (SIGINT) or SIGTERM. The handler is installed
+/// once, on first use, and every long loop of the process polls the same flag, so a command
+/// that runs several jobs (`dp if sdedit` with several --i-start) stops at the first signal.
 pub(crate) fn stop_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    // A second Ctrl-C while saving falls through to the default handler only after this one
-    // returned, so a half-written checkpoint cannot happen (writes are atomic anyway).
-    let _ = ctrlc::set_handler(move || {
-        eprintln!("\nCtrl-C: saving a checkpoint and stopping after this step...");
-        f.store(true, std::sync::atomic::Ordering::SeqCst);
-    });
-    flag
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        // A second signal while saving falls through to the default handler only after this one
+        // returned, so a half-written checkpoint cannot happen (writes are atomic anyway).
+        let installed = ctrlc::set_handler(move || {
+            eprintln!("\nstop requested: saving and stopping after this step...");
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        if let Err(e) = installed {
+            eprintln!("warning: could not install the Ctrl-C handler ({e}); Ctrl-C will end the process without saving");
+        }
+        flag
+    })
+    .clone()
 }
 
 fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
@@ -449,14 +472,18 @@ fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
     }
     let t = Instant::now();
     let every = (a.sampler.steps / 50).max(1);
+    let stop = stop_flag();
     let out = sampler.sample(&model, x0, &cond, |i, x| {
         if a.gif.is_some() && ((i + 1) % every == 0 || i + 1 == a.sampler.steps)
             && let Ok(v) = to_vec(x.clone())
         {
             frames.push(grid(&v, 28, rows, cols, 2, 2));
         }
-        true
+        !stop.load(std::sync::atomic::Ordering::SeqCst)
     });
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::Interrupted);
+    }
     let v = to_vec(out)?;
     let secs = t.elapsed().as_secs_f64();
     save_png(&grid(&v, 28, rows, cols, 2, 2), &a.out)?;
@@ -474,6 +501,9 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
     let data_dir = a.data.unwrap_or_else(|| DatasetKind::Mnist.default_dir());
     let test = Dataset::load(&data_dir, Split::Test, DatasetKind::Mnist)?;
     let train_set = Dataset::load(&data_dir, Split::Train, DatasetKind::Mnist)?;
+    // A covariance (FID) needs two images at the least.
+    test.require(2, "the FID of `dp eval` (test set)")?;
+    train_set.require(2, "the FID floor of `dp eval` (training set)")?;
     let sampler = FlowSampler::new(a.sampler.solver, a.sampler.steps);
     let class_model = model.conditioning() == Conditioning::TimeClass;
     let total = a.per_class * CLASSES;
@@ -481,17 +511,24 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
     // Which digit the classifier sees: for a model without a class this is the mode coverage.
     let mut predicted = vec![0usize; CLASSES];
     let mut conf_sum = 0f64;
+    let mut samples_grain = Vec::new();
     let mut feats = Vec::with_capacity(total * FEATURES);
     let t = Instant::now();
     let bar = indicatif::ProgressBar::new(total as u64);
     let mut rng = Rng::new(a.sampler.seed);
     let mut done = 0;
+    let stop = stop_flag();
     while done < total {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Interrupted);
+        }
         let n = a.batch.min(total - done);
         let labels: Vec<usize> = (done..done + n).map(|i| i % CLASSES).collect();
         let x0 = noise(&mut rng, n, device);
         let x = sampler.sample(&model, x0, &Conditions { labels: labels.clone(), guidance: a.sampler.guidance }, |_, _| true);
-        let (p, f) = classifier.probs_and_features(x.clamp(0.0, 1.0));
+        let x = x.clamp(0.0, 1.0);
+        samples_grain.push(background_grain(&to_vec(x.clone())?) * n as f64);
+        let (p, f) = classifier.probs_and_features(x);
         let p: Vec<f32> = p.into_data().try_to_vec().map_err(|e| Error::Device(format!("{e:?}")))?;
         feats.extend(f.into_data().try_to_vec::<f32>().map_err(|e| Error::Device(format!("{e:?}")))?);
         for ((k, conf), &l) in argmax_rows(&p, CLASSES).into_iter().zip(&labels) {
@@ -515,6 +552,9 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
         Ok(out)
     };
     let test_feats = feats_of(&test, 10_000)?;
+    let grain = samples_grain.iter().sum::<f64>() / total as f64;
+    let real: Vec<f32> = test.images[..test.len().min(10_000) * PIXELS].iter().map(|&b| b as f32 / 255.0).collect();
+    let real_grain = background_grain(&real);
     let train_feats = feats_of(&train_set, 10_000)?;
     let fid_samples = fid(&feats, &test_feats, FEATURES);
     let fid_floor = fid(&train_feats, &test_feats, FEATURES);
@@ -528,6 +568,7 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
     }
     println!("mean classifier confidence (top class): {:.4}", conf_sum / total as f64);
     println!("FID (classifier features) samples vs test: {fid_samples:.3}; floor train vs test: {fid_floor:.3}");
+    println!("background grain (share of dark pixels that are faint grey): samples {:.1}%, real test digits {:.1}%", grain * 100.0, real_grain * 100.0);
     if let Some(j) = a.json {
         let v = serde_json::json!({
             "model": from, "per_class": a.per_class, "steps": a.sampler.steps, "solver": a.sampler.solver,
@@ -536,7 +577,8 @@ fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
             "per_digit_accuracy": if class_model { Some(correct.iter().map(|c| *c as f64 / a.per_class as f64).collect::<Vec<_>>()) } else { None },
             "classified_share": predicted.iter().map(|c| *c as f64 / total as f64).collect::<Vec<_>>(),
             "mean_confidence": conf_sum / total as f64, "fid": fid_samples, "fid_floor_train_vs_test": fid_floor,
-            "sampling_seconds": sample_secs,
+            "sampling_seconds": sample_secs, "background_grain": grain, "background_grain_test": real_grain,
+            "model_evaluations_per_sample": a.sampler.solver.evaluations(a.sampler.steps),
         });
         write_atomic(&j, serde_json::to_string_pretty(&v).unwrap().as_bytes())?;
     }
@@ -556,6 +598,7 @@ fn guidance_label(conditioning: Conditioning, guidance: f32) -> String {
 fn test_digits(data: &Option<PathBuf>, n: usize, device: &Device) -> Result<Tensor<4>> {
     let dir = data.clone().unwrap_or_else(|| DatasetKind::Mnist.default_dir());
     let test = Dataset::load(&dir, Split::Test, DatasetKind::Mnist)?;
+    test.require(n, "this figure")?;
     Ok(test.batch(&(0..n).collect::<Vec<_>>(), device).0)
 }
 
@@ -655,6 +698,7 @@ fn cmd_figures(f: Figure, device: &Device) -> Result<()> {
             let (m, from) = models::load_unet(&model, epoch, device)?;
             let dir = data.unwrap_or_else(|| DatasetKind::Mnist.default_dir());
             let train_set = Dataset::load(&dir, Split::Train, DatasetKind::Mnist)?;
+            train_set.require(1, "the training-set mean image")?;
             let mean = train_set.mean_image();
             let z = noise(&mut Rng::new(3), 7, device);
             let mut v = to_vec(m.forward(z, None, None))?;
@@ -675,6 +719,10 @@ fn cmd_package(a: PackageArgs, device: &Device) -> Result<()> {
         notes.insert(k.to_string(), val);
     }
     let file = format!("{}.bpk", a.name);
+    // The name becomes a file in --pkg and a URL of the page: one plain name, nothing else.
+    if a.name.is_empty() || !a.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(Error::Invalid(format!("{:?} is not a model name: use letters, digits, '_' or '-' (it becomes {}/<name>.bpk)", a.name, a.pkg.display())));
+    }
     let (bytes, kind, hidden, conditioning) = if a.name.starts_with("classifier") {
         let c = models::load_classifier(&a.from.display().to_string(), device)?;
         (package::module_to_bytes_as(&c.valid(), a.dtype)?, ModelKind::Classifier, None, None)
@@ -690,7 +738,7 @@ fn cmd_package(a: PackageArgs, device: &Device) -> Result<()> {
     write_atomic(&a.pkg.join(&file), &bytes)?;
     let mpath = a.pkg.join("manifest.json");
     let mut manifest = if mpath.exists() { models::manifest(&a.pkg)? } else { Manifest::default() };
-    manifest.upsert(Entry { name: a.name.clone(), kind, hidden, conditioning, dtype: a.dtype, file: file.clone(), bytes: bytes.len() as u64, sha256: package::sha256_hex(&bytes), notes });
+    manifest.upsert(Entry { name: a.name.clone(), kind, hidden, conditioning, dtype: a.dtype, file: file.clone(), bytes: bytes.len() as u64, sha256: diffusion_playground::artifact::sha256_hex(&bytes), notes });
     manifest.models.sort_by(|x, y| x.name.cmp(&y.name));
     write_atomic(&mpath, serde_json::to_string_pretty(&manifest).unwrap().as_bytes())?;
     println!("{} ({} bytes) recorded in {}", a.pkg.join(file).display(), bytes.len(), mpath.display());

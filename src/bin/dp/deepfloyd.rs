@@ -20,7 +20,7 @@ use diffusion_playground::rng::Rng;
 use diffusion_playground::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::{at_least_one, finite};
+use crate::args::{count, finite, guidance, odd_kernel};
 
 #[derive(Args)]
 pub struct IfArgs {
@@ -90,10 +90,10 @@ struct Common {
     #[arg(long, global = true, default_value = "")]
     null: String,
     /// Guidance scale (the course uses 7); 0 turns guidance off (one model call per step).
-    #[arg(long, global = true, default_value_t = 7.0, value_parser = finite)]
+    #[arg(long, global = true, default_value_t = 7.0, value_parser = guidance)]
     guidance: f32,
     /// Stride of the timesteps 990, 990 - stride, ..., 0.
-    #[arg(long, global = true, default_value_t = 30, value_parser = at_least_one)]
+    #[arg(long, global = true, default_value_t = 30, value_parser = count(1000))]
     stride: usize,
     #[arg(long, global = true, default_value_t = 0)]
     seed: u64,
@@ -105,7 +105,7 @@ struct Common {
     #[arg(long, global = true, default_value = "out/deepfloyd")]
     out: PathBuf,
     /// Pixel scale of the written PNGs.
-    #[arg(long, global = true, default_value_t = 4, value_parser = at_least_one)]
+    #[arg(long, global = true, default_value_t = 4, value_parser = count(32))]
     scale: usize,
 }
 
@@ -134,7 +134,7 @@ enum IfCommand {
     Sample {
         #[arg(long, default_value = "a high quality photo")]
         prompt: String,
-        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+        #[arg(long, default_value_t = 5, value_parser = count(64))]
         n: usize,
     },
     /// SDEdit: the image noised to each i_start and denoised back under the prompt.
@@ -170,8 +170,10 @@ enum IfCommand {
         low: String,
         #[arg(long)]
         high: String,
-        #[arg(long, default_value_t = 33)]
+        /// Gaussian kernel size: odd, at most 127.
+        #[arg(long, default_value_t = 33, value_parser = odd_kernel)]
         kernel: usize,
+        /// Gaussian sigma of the split (positive; the pipeline refuses 0 and below).
         #[arg(long, default_value_t = 2.0, value_parser = finite)]
         sigma: f32,
     },
@@ -190,7 +192,7 @@ impl Ctx {
         let width = self.model.config.encoder_hid_dim;
         let cond = self.emb.get(name, width, &self.device)?;
         let uncond = if self.common.guidance > 0.0 { Some(self.emb.get(&self.common.null, width, &self.device)?) } else { None };
-        Ok(Prompt { cond, uncond, guidance: self.common.guidance })
+        Prompt::new(cond, uncond, self.common.guidance)
     }
 
     fn x0(&self) -> X0Mode {

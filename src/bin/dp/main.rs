@@ -33,10 +33,17 @@ fn main() {
     };
     // SAFETY: single-threaded here (argument parsing only).
     unsafe { std::env::set_var("BURN_DEVICE", backend) };
+    let trains = cli.trains();
     if let Err(e) = commands::run(cli) {
         match e {
             diffusion_playground::Error::Interrupted => {
-                eprintln!("interrupted: progress saved; run the same command with --resume to continue");
+                // The trainers saved a checkpoint; the other commands had nothing to save (the files
+                // they finished are written whole, the one in progress is not written).
+                if trains {
+                    eprintln!("interrupted: progress saved; run the same command with --resume to continue");
+                } else {
+                    eprintln!("interrupted: the files already written are complete; the one in progress was not written");
+                }
                 std::process::exit(130);
             }
             e => {

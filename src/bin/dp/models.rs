@@ -26,7 +26,7 @@ fn pkg_file(name: &str) -> Result<(Entry, Vec<u8>, String)> {
     let m = manifest(Path::new(PKG_DIR))?;
     let entry = m.get(name)?.clone();
     let path = Path::new(PKG_DIR).join(&entry.file);
-    let bytes = read(&path)?;
+    let bytes = diffusion_playground::artifact::read_in(Path::new(PKG_DIR), &entry.file, entry.bytes, "pkg/manifest.json")?;
     entry.verify(&bytes)?;
     Ok((entry, bytes, path.display().to_string()))
 }
@@ -59,6 +59,7 @@ pub fn load_unet(spec: &str, epoch: Option<usize>, device: &Device) -> Result<(U
     }
     let cfg: TrainConfig = serde_json::from_slice(&read(&cfg_path)?)
         .map_err(|e| Error::format(&cfg_path, format!("not a training config: {e}")))?;
+    cfg.validate().map_err(|e| Error::format(&cfg_path, format!("not a usable training config: {e}")))?;
     let model = load_unet_file(&cfg.unet(), &file, device)?;
     Ok((model, file.display().to_string()))
 }
