@@ -1,4 +1,4 @@
-//! Flow matching (SPEC part B, `reference/algo1..4`): the training objective, the velocity with
+//! Flow matching (docs/course.md, recipes 3-4): the training objective, the velocity with
 //! classifier-free guidance, and the ODE solvers that integrate it from noise (t = 0) to data
 //! (t = 1). The solvers follow diffusers' shape: `timesteps(n)` then one `step` per timestep, so
 //! the page can drive them one step at a time and the CLI in a loop.
@@ -78,7 +78,13 @@ pub enum Solver {
     /// The course's sampler: `x += u(x, t) / T`. One model call per step.
     Euler,
     /// Heun's second-order method: an Euler predictor, then the mean of the velocities at both
-    /// ends of the step. Two model calls per step, error O(1/T^2) instead of O(1/T).
+    /// ends of the step; the last step is a plain Euler step, as in EDM's sampler. Two model
+    /// calls per step (one for the last), error O(1/T^2) instead of O(1/T).
+    ///
+    /// Why the last step differs: its corrector would evaluate the velocity at t = 1, where x_t
+    /// is the data itself and the model was never asked to tell noise from digit (a t ~ U[0, 1]
+    /// draw almost never lands there); that velocity is unreliable, and half of it went into
+    /// the final image as faint grey grain.
     Heun,
 }
 
@@ -87,7 +93,7 @@ impl Solver {
     pub fn evaluations(self, steps: usize) -> usize {
         match self {
             Solver::Euler => steps,
-            Solver::Heun => 2 * steps,
+            Solver::Heun => (2 * steps).saturating_sub(1),
         }
     }
 }
@@ -139,8 +145,9 @@ pub struct FlowSampler {
 }
 
 impl FlowSampler {
+    /// `steps` 0 integrates nothing (the callers refuse it before asking).
     pub fn new(solver: Solver, steps: usize) -> Self {
-        Self { solver, steps: steps.max(1) }
+        Self { solver, steps }
     }
 
     /// The times the steps start from: `0, 1/T, ..., (T-1)/T`.
@@ -153,8 +160,10 @@ impl FlowSampler {
         let dt = 1.0 / self.steps as f32;
         let t = i as f32 * dt;
         let u = velocity(model, x.clone(), t, cond);
+        let last = i + 1 == self.steps;
         match self.solver {
             Solver::Euler => x + u * dt,
+            Solver::Heun if last => x + u * dt,
             Solver::Heun => {
                 let x_pred = x.clone() + u.clone() * dt;
                 let u2 = velocity(model, x_pred, t + dt, cond);

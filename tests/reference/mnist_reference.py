@@ -133,7 +133,8 @@ def sample(model, x0, labels, guidance, steps, solver):
     for i in range(steps):
         t = i * dt
         u = velocity(model, x, t, labels, guidance)
-        if solver == "euler":
+        if solver == "euler" or i == steps - 1:
+            # Heun's last step is plain Euler (as in EDM): no corrector at t = 1.
             x = x + dt * u
         else:  # heun
             u2 = velocity(model, x + dt * u, t + dt, labels, guidance)
