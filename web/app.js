@@ -13,17 +13,26 @@ const state = {
   nextId: 1,
   pending: new Map(), // id -> {resolve, reject, onStep}
   running: null, // id of the generation in progress
+  cancelling: null, // id of the generation a Cancel was sent for
+  jobs: 0, // generate/denoise requests sent and not yet answered: the one source of "busy"
+  dead: false, // the worker crashed: nothing runs until the page is reloaded
+  deadMessage: '',
   digit: 7,
   firstDigitMs: null,
 };
 
 // ---------- errors and status ----------
-function showError(message) {
-  const el = $('error');
+// Each error is shown next to what caused it: 'page' (start-up, in the header), 'gen' (the
+// generate card) or 'denoise' (the playground).
+const ERROR_BOX = { page: 'error', gen: 'gen-error', denoise: 'denoise-error' };
+function showError(message, where = 'page') {
+  const el = $(ERROR_BOX[where]);
   el.textContent = message;
   el.hidden = false;
+  if (where !== 'page') el.scrollIntoView({ block: 'nearest' });
 }
-function clearError() { $('error').hidden = true; }
+function clearError(where) { $(ERROR_BOX[where]).hidden = true; }
+const visibleErrors = () => Object.values(ERROR_BOX).map($).filter((e) => !e.hidden).map((e) => e.textContent).join('\n');
 function showNotice(message) {
   const el = $('notice');
   el.textContent = message;
@@ -44,7 +53,10 @@ function startWorker(backend) {
       startWorker('cpu');
       showNotice(`WebGPU start-up crashed (${msg}): running on the CPU instead, which is much slower.`);
     } else {
-      showError(`The compute worker failed: ${msg}. Reload the page; if it persists, your browser may not support module workers or WebAssembly SIMD.`);
+      state.dead = true;
+      state.deadMessage = `The compute worker failed: ${msg}. Reload the page; if it persists, your browser may not support module workers or WebAssembly SIMD.`;
+      showError(state.deadMessage);
+      refresh();
     }
   };
   state.worker = w;
@@ -94,12 +106,16 @@ function onWorkerMessage(msg) {
         return;
       }
       state.pending.delete(msg.id);
-      if (job) job.reject(new Error(msg.message));
-      else showError(msg.message);
       if (msg.fatal) {
-        showError(`The compute engine crashed (${msg.message}). Reload the page to start again.`);
-        setBusy(true);
+        // Before the job's own handler runs, so its "failed" message cannot replace this one,
+        // and the buttons stay off: the engine is gone.
+        state.dead = true;
+        state.deadMessage = `The compute engine crashed (${msg.message}). Reload the page to start again.`;
+        showError(state.deadMessage);
       }
+      if (job) job.reject(new Error(msg.message));
+      else if (!msg.fatal) showError(msg.message);
+      refresh();
       break;
   }
 }
@@ -113,6 +129,8 @@ function onReady(msg) {
   $('backend').dataset.backend = msg.backend;
   $('load-progress').textContent = '';
   if (msg.notice) showNotice(msg.notice);
+  // Without a classifier the digits come without verdicts: say so where they would be, for good.
+  $('no-classifier').hidden = state.models.has('classifier');
   if (msg.failed.length) {
     showError(msg.failed.map((f) => `Could not load model '${f.name}': ${f.message}`).join('\n')
       + '\nReload the page to fetch it again; if this persists, the site\'s pkg/ files are damaged (rebuild and redeploy them).');
@@ -130,7 +148,6 @@ function onReady(msg) {
   // (A denoiser that failed to load is explained by the error above instead.)
   $('denoiser-missing').hidden = state.models.has('denoiser') || msg.failed.some((f) => f.name === 'denoiser');
   onModelChange();
-  setBusy(false);
   if (params.has('bench')) runBenchmark();
 }
 
@@ -170,16 +187,40 @@ function buildGrid() {
 }
 
 // ---------- generation ----------
-function setBusy(busy) {
-  const ready = state.ready && !busy;
-  for (const id of ['gen-one', 'gen-grid']) $(id).disabled = !ready || !state.models.has($('model').value);
-  $('denoise').disabled = !ready || !state.models.has('denoiser');
-  $('cancel').disabled = !busy || state.running === null;
+// Every button's state follows from the state object alone, so no path can leave Generate on
+// while a job runs, or Cancel on without one.
+function refresh() {
+  const idle = state.ready && !state.dead && state.jobs === 0;
+  for (const id of ['gen-one', 'gen-grid']) $(id).disabled = !idle || !state.models.has($('model').value);
+  $('denoise').disabled = !idle || !state.models.has('denoiser');
+  $('cancel').disabled = state.dead || state.running === null || state.cancelling === state.running;
+}
+
+// Runs `work` as one job: busy while it runs, idle after, whatever happens.
+async function job(work) {
+  state.jobs++;
+  refresh();
+  try {
+    return await work();
+  } finally {
+    state.jobs--;
+    refresh();
+  }
+}
+
+// A seed is a whole number 0..2^32-1; anything else is refused, not silently changed.
+function readSeed(id) {
+  const text = $(id).value.trim();
+  const v = Number(text);
+  if (text === '' || !Number.isInteger(v) || v < 0 || v > 4294967295) {
+    throw new Error(`the seed must be a whole number from 0 to 4294967295 (got "${text}")`);
+  }
+  return v;
 }
 
 function settings() {
   const model = $('model').value;
-  const seed = Number($('seed').value) >>> 0;
+  const seed = readSeed('seed');
   return {
     model,
     guidance: Number($('guidance').value),
@@ -204,25 +245,32 @@ function loadingNotice(el, name, label) {
 }
 
 async function generate(labels, onStep) {
-  clearError();
+  clearError('gen');
   const s = settings();
   const msg = { type: 'generate', ...s, labels };
   const stepMs = [];
-  setBusy(true);
-  // A model fetched on first use (recipe 5's flow) says so in the timing line while it downloads.
-  const onProgress = loadingNotice($('timing'), s.model, s.model);
-  const req = request(msg, (m) => { stepMs.push(m.ms); onStep(m); showTiming(m.step + 1, m.steps, stepMs, null); }, onProgress);
-  state.running = state.nextId - 1;
-  setBusy(true);
-  try {
-    const done = await req;
-    state.onDemand.delete(s.model);
-    showTiming(stepMs.length, s.steps, stepMs, done);
-    return { ...done, stepMs };
-  } finally {
-    state.running = null;
-    setBusy(false);
-  }
+  return job(async () => {
+    // A model fetched on first use (recipe 5's flow) says so in the timing line while it downloads.
+    const onProgress = loadingNotice($('timing'), s.model, s.model);
+    const req = request(msg, (m) => { stepMs.push(m.ms); onStep(m); showTiming(m.step + 1, m.steps, stepMs, null); }, onProgress);
+    state.running = state.nextId - 1;
+    refresh();
+    try {
+      const done = await req;
+      state.onDemand.delete(s.model);
+      showTiming(stepMs.length, s.steps, stepMs, done);
+      return { ...done, stepMs };
+    } finally {
+      state.running = null;
+      state.cancelling = null;
+    }
+  });
+}
+
+// Failures of a job, shown next to the control that started it; a crashed engine keeps its own
+// message (set when the crash was reported).
+function jobFailed(where, what, e) {
+  showError(state.dead ? state.deadMessage : `${what}: ${e.message}`, where);
 }
 
 function showTiming(done, total, stepMs, result) {
@@ -244,7 +292,7 @@ async function generateOne() {
     if (state.firstDigitMs === null) state.firstDigitMs = performance.now();
     return r;
   } catch (e) {
-    showError(`Generation failed: ${e.message}`);
+    jobFailed('gen', 'Generation failed', e);
     throw e;
   }
 }
@@ -262,7 +310,7 @@ async function generateGrid() {
     if (r.verdicts) figs.forEach((f, i) => { f.lastChild.textContent = verdictText(r.verdicts, i); });
     return r;
   } catch (e) {
-    showError(`Generation failed: ${e.message}`);
+    jobFailed('gen', 'Generation failed', e);
     throw e;
   }
 }
@@ -271,7 +319,18 @@ function onModelChange() {
   const conditional = isConditional($('model').value);
   $('digits').disabled = !conditional;
   $('guidance').disabled = !conditional;
-  setBusy(false);
+  $('grid-caption').textContent = conditional
+    ? '4 samples of each digit (columns 0-9), with the classifier\'s verdict.'
+    : '40 unconditional samples (the time-only model takes no digit), with the classifier\'s verdict.';
+  refresh();
+}
+
+function cancel() {
+  if (state.running === null || state.dead) return;
+  state.cancelling = state.running;
+  state.worker.postMessage({ type: 'cancel', id: state.running });
+  $('timing').textContent += ' - cancelling after the current step…';
+  refresh();
 }
 
 // ---------- the denoiser playground ----------
@@ -320,26 +379,24 @@ function padToDigit() {
 function updateClean() { drawDigit($('clean'), padToDigit()); }
 
 async function denoise() {
-  clearError();
-  setBusy(true);
+  clearError('denoise');
   const cap = $('denoised-cap');
   // The first use fetches the denoiser (15.8 MB for D=128): say so under its output.
   const onProgress = loadingNotice(cap, 'denoiser', 'the denoiser');
   try {
-    const r = await request({
-      type: 'denoise', model: 'denoiser', pixels: readDigit($('clean')),
-      sigma: Number($('sigma').value), seed: Number($('noise-seed').value) >>> 0,
-    }, null, onProgress);
+    const seed = readSeed('noise-seed');
+    const r = await job(() => request({
+      type: 'denoise', model: 'denoiser', pixels: readDigit($('clean')), sigma: Number($('sigma').value), seed,
+    }, null, onProgress));
     state.onDemand.delete('denoiser');
     drawDigit($('noisy'), r.noisy);
     drawDigit($('denoised'), r.denoised);
     return r;
   } catch (e) {
-    showError(`Denoising failed: ${e.message}`);
+    jobFailed('denoise', 'Denoising failed', e);
     throw e;
   } finally {
     cap.textContent = 'denoised';
-    setBusy(false);
   }
 }
 
@@ -391,12 +448,12 @@ function setup() {
   $('model').onchange = onModelChange;
   $('gen-one').onclick = () => generateOne().catch(() => {});
   $('gen-grid').onclick = () => generateGrid().catch(() => {});
-  $('cancel').onclick = () => { if (state.running !== null) state.worker.postMessage({ type: 'cancel', id: state.running }); };
+  $('cancel').onclick = cancel;
   $('denoise').onclick = () => denoise().catch(() => {});
   buildGrid();
   setupPad();
   updateClean();
-  setBusy(false);
+  refresh();
   if (typeof WebAssembly !== 'object') {
     showError('This browser cannot run WebAssembly, which the playground needs. Try a current Chrome, Edge, Firefox or Safari.');
     return;
@@ -409,6 +466,8 @@ window.playground = {
   classify: (pixels) => request({ type: 'classify', pixels: Array.from(pixels) }).then((r) => r.verdicts),
   readDigit: (id) => Array.from(readDigit($(id))),
   generateOne, generateGrid, denoise,
+  // Every error shown in the page, wherever it is ('' when none).
+  errors: visibleErrors,
   get ready() { return state.ready; },
 };
 

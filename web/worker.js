@@ -26,7 +26,8 @@ self.onmessage = (e) => {
   if (msg.type === 'cancel') {
     if (current && current.id === msg.id) current.cancelled = true;
     const i = queue.findIndex((m) => m.id === msg.id);
-    if (i >= 0) queue.splice(i, 1);
+    // A job cancelled before it started still gets its answer, so the page never waits for it.
+    if (i >= 0) post({ type: 'done', id: queue.splice(i, 1)[0].id, cancelled: true, totalMs: 0 });
     return;
   }
   queue.push(msg);
@@ -124,7 +125,8 @@ async function fetchBytes(url, name, id) {
 
 async function start({ backend }) {
   post({ type: 'status', text: 'Loading the WebAssembly module…' });
-  await init();
+  // Fetched here rather than by init() so its download (2-3 MB gzipped) shows byte progress.
+  await init({ module_or_path: await fetchBytes(new URL('./diffusion-playground_bg.wasm', import.meta.url), 'the WebAssembly module') });
   post({ type: 'status', text: 'Opening the compute device…' });
   const dev = await openDevice(backend || 'auto');
   pg = dev.pg;
@@ -150,7 +152,8 @@ async function start({ backend }) {
 
 // Fetches manifest entry `m` from pkg/ and builds it on the device (progress tagged with `id`).
 async function loadEntry(m, id) {
-  pg.loadModel(m.name, await fetchBytes(`./pkg/${m.file}`, m.name, id));
+  // The wasm side checked every manifest file name is a plain name (no path, no URL).
+  pg.loadModel(m.name, await fetchBytes(`./pkg/${encodeURIComponent(m.file)}`, m.name, id));
 }
 
 // Fetches and builds a model held back by onDemand; a failure leaves it pending, so the next

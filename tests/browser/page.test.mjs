@@ -32,9 +32,12 @@ after(async () => {
   site?.server.close();
 });
 
-async function open(browser, query = '', setup) {
-  const page = await browser.newPage({ viewport: { width: 1200, height: 1400 } });
+async function open(browser, query = '', setup, viewport = { width: 1200, height: 1400 }) {
+  const page = await browser.newPage({ viewport });
   const logs = [];
+  // Every request the page makes that fails (a missing favicon, a wrong asset URL).
+  page.notFound = [];
+  page.on('response', (r) => { if (r.status() === 404) page.notFound.push(r.url()); });
   page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
   page.logs = logs;
@@ -45,7 +48,7 @@ async function open(browser, query = '', setup) {
 
 async function waitReady(page) {
   try {
-    await page.waitForFunction(() => window.playground?.ready || !document.getElementById('error').hidden, null, { timeout: LOAD_MS });
+    await page.waitForFunction(() => window.playground?.ready || window.playground?.errors(), null, { timeout: LOAD_MS });
   } catch (e) {
     throw new Error(`page never became ready: ${e.message}\n${page.logs.join('\n')}`);
   }
@@ -59,7 +62,7 @@ async function set(page, id, value) {
 }
 
 async function waitIdle(page) {
-  await page.waitForFunction(() => !document.getElementById('gen-one').disabled || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  await page.waitForFunction(() => !document.getElementById('gen-one').disabled || window.playground?.errors(), null, { timeout: JOB_MS });
 }
 
 test('the site lives under the project sub-path and its root is elsewhere', async () => {
@@ -81,9 +84,9 @@ test('WebGPU: digit 7 with a fixed seed is drawn, and the in-page classifier rea
   await set(page, 'guidance', 5);
   await page.locator('#seed').fill('0');
   await page.locator('#gen-one').click();
-  await page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  await page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || window.playground?.errors(), null, { timeout: JOB_MS });
   await page.screenshot({ path: `${ARTIFACTS}webgpu-digit7.png`, fullPage: true });
-  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(await page.evaluate(() => window.playground.errors()), '');
   // Read the pixels the user sees back from the canvas and ask the page's classifier.
   const pixels = await page.evaluate(() => window.playground.readDigit('one'));
   assert.ok(Math.max(...pixels) > 0.5 && Math.min(...pixels) < 0.1, 'the canvas holds a digit, not a flat image');
@@ -100,9 +103,9 @@ test('WebGPU: the 4 x 10 grid renders 40 digits, each with a verdict', async () 
   await waitReady(page);
   await set(page, 'steps', 1);
   await page.locator('#gen-grid').click();
-  await page.waitForFunction(() => [...document.querySelectorAll('#grid figcaption')].every((c) => /\d, \d+%/.test(c.textContent)) || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  await page.waitForFunction(() => [...document.querySelectorAll('#grid figcaption')].every((c) => /\d, \d+%/.test(c.textContent)) || window.playground?.errors(), null, { timeout: JOB_MS });
   await page.screenshot({ path: `${ARTIFACTS}webgpu-grid.png`, fullPage: true });
-  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(await page.evaluate(() => window.playground.errors()), '');
   const stats = await page.evaluate(() => [...document.querySelectorAll('#grid canvas')].map((c) => {
     const d = c.getContext('2d').getImageData(0, 0, 28, 28).data;
     let lo = 255, hi = 0;
@@ -174,7 +177,7 @@ test('WebGPU: the denoiser playground: fetched on first use, then a drawn digit 
   await page.locator('#denoise').click();
   await waitIdle(page);
   await page.screenshot({ path: `${ARTIFACTS}webgpu-denoiser.png`, fullPage: true });
-  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(await page.evaluate(() => window.playground.errors()), '');
   assert.equal(fetches, 1, 'the first use fetches the denoiser once');
   assert.equal(await page.locator('#denoised-cap').textContent(), 'denoised');
   const [clean, noisy, denoised] = await Promise.all(['clean', 'noisy', 'denoised'].map((id) => page.evaluate((i) => window.playground.readDigit(i), id)));
@@ -193,9 +196,9 @@ test('CPU: the time-only model draws an unconditional digit', async (t) => {
   assert.equal(await page.locator('#digits').evaluate((e) => e.disabled), true, 'the digit picker is off for an unconditional model');
   await set(page, 'steps', 20);
   await page.locator('#gen-one').click();
-  await page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  await page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || window.playground?.errors(), null, { timeout: JOB_MS });
   await page.screenshot({ path: `${ARTIFACTS}cpu-time-only.png`, fullPage: true });
-  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(await page.evaluate(() => window.playground.errors()), '');
   const pixels = await page.evaluate(() => window.playground.readDigit('one'));
   assert.ok(Math.max(...pixels) > 0.5 && Math.min(...pixels) < 0.1, 'the canvas holds a digit, not a flat image');
   await page.close();
@@ -213,11 +216,11 @@ test("CPU: recipe 5's flow is fetched on first use and draws the digit asked for
   await set(page, 'steps', 20);
   await set(page, 'guidance', 5);
   await page.locator('#seed').fill('0');
-  const verdict = () => page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  const verdict = () => page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || window.playground?.errors(), null, { timeout: JOB_MS });
   await page.locator('#gen-one').click();
   await verdict();
   await page.screenshot({ path: `${ARTIFACTS}cpu-recipe5.png`, fullPage: true });
-  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(await page.evaluate(() => window.playground.errors()), '');
   assert.equal(fetches, 1, 'the first use fetches the model once');
   assert.match(await page.locator('#one-verdict').textContent(), /classifier: 3, \d+%/);
   assert.match(await page.locator('#timing').textContent(), /step 20\/20, \d+ ms per step/);
@@ -225,7 +228,7 @@ test("CPU: recipe 5's flow is fetched on first use and draws the digit asked for
   await page.locator('label.digit-pick', { hasText: '8' }).click();
   await page.locator('#gen-one').click();
   await verdict();
-  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(await page.evaluate(() => window.playground.errors()), '');
   assert.match(await page.locator('#one-verdict').textContent(), /classifier: 8, \d+%/);
   assert.equal(fetches, 1, 'a second digit fetched the model again');
   await page.close();
@@ -247,9 +250,9 @@ test('without WebGPU the page falls back to the CPU with a visible notice, and s
   assert.match(await page.locator('#notice').textContent(), /WebGPU.*CPU/);
   await set(page, 'steps', 3);
   await page.locator('#gen-one').click();
-  await page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || !document.getElementById('error').hidden, null, { timeout: JOB_MS });
+  await page.waitForFunction(() => /classifier: /.test(document.getElementById('one-verdict').textContent) || window.playground?.errors(), null, { timeout: JOB_MS });
   await page.screenshot({ path: `${ARTIFACTS}cpu-fallback.png`, fullPage: true });
-  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(await page.evaluate(() => window.playground.errors()), '');
   await page.close();
 });
 
@@ -262,7 +265,7 @@ test('a corrupt weights file gives a readable error in the page', async () => {
       await route.fulfill({ response: res, body });
     });
   });
-  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: LOAD_MS });
+  await page.waitForFunction(() => window.playground?.errors(), null, { timeout: LOAD_MS });
   const text = await page.locator('#error').textContent();
   await page.screenshot({ path: `${ARTIFACTS}corrupt-weights.png`, fullPage: true });
   assert.match(text, /class_flow/);
@@ -281,12 +284,12 @@ test('a denoiser that fails to download gives a readable error, and the next try
   await waitReady(page);
   await drawOne(page);
   await page.locator('#denoise').click();
-  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: JOB_MS });
-  assert.match(await page.locator('#error').textContent(), /Denoising failed: could not load model 'denoiser' \(\d+\.\d MB\): .*HTTP 503/);
+  await page.waitForFunction(() => window.playground?.errors(), null, { timeout: JOB_MS });
+  assert.match(await page.locator('#denoise-error').textContent(), /Denoising failed: could not load model 'denoiser' \(\d+\.\d MB\): .*HTTP 503/);
   await page.waitForFunction(() => !document.getElementById('denoise').disabled, null, { timeout: JOB_MS });
   await page.locator('#denoise').click();
   await waitIdle(page);
-  assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error').textContent());
+  assert.equal(await page.evaluate(() => window.playground.errors()), '');
   assert.equal(fetches, 2, 'the second try fetched the denoiser again');
   const denoised = await page.evaluate(() => window.playground.readDigit('denoised'));
   assert.ok(Math.max(...denoised) > 0.5, 'the denoised digit was drawn');
@@ -300,7 +303,89 @@ test('a denoiser that fails to download gives a readable error, and the next try
 
 test('a missing manifest stops start-up with a readable error', async () => {
   const page = await open(noGpuBrowser, '', (p) => p.route('**/pkg/manifest.json', (r) => r.fulfill({ status: 404, body: 'nope' })));
-  await page.waitForFunction(() => !document.getElementById('error').hidden, null, { timeout: LOAD_MS });
+  await page.waitForFunction(() => window.playground?.errors(), null, { timeout: LOAD_MS });
   assert.match(await page.locator('#error').textContent(), /could not start: pkg\/manifest.json: HTTP 404/);
+  await page.close();
+});
+
+test('the buttons follow the worker: a model change mid-run keeps Generate off and Cancel on', async () => {
+  const page = await open(noGpuBrowser);
+  await waitReady(page);
+  assert.deepEqual(page.notFound, [], 'no request of the page 404s (favicon included)');
+  await set(page, 'steps', 100);
+  await page.locator('#gen-grid').click();
+  await page.waitForFunction(() => /^step [1-9]/.test(document.getElementById('timing').textContent), null, { timeout: JOB_MS });
+  await page.locator('#model').selectOption('time_flow');
+  assert.equal(await page.locator('#gen-one').isDisabled(), true, 'Generate stays off while the job runs');
+  assert.equal(await page.locator('#gen-grid').isDisabled(), true);
+  assert.equal(await page.locator('#cancel').isDisabled(), false, 'Cancel stays on while the job runs');
+  assert.match(await page.locator('#grid-caption').textContent(), /40 unconditional samples/);
+  await page.locator('#cancel').click();
+  assert.match(await page.locator('#timing').textContent(), /cancelling after the current step/);
+  assert.equal(await page.locator('#cancel').isDisabled(), true, 'one Cancel per job');
+  await page.waitForFunction(() => /cancelled/.test(document.getElementById('timing').textContent), null, { timeout: JOB_MS });
+  await waitIdle(page);
+  assert.equal(await page.locator('#cancel').isDisabled(), true);
+  await page.locator('#model').selectOption('class_flow');
+  assert.match(await page.locator('#grid-caption').textContent(), /4 samples of each digit/);
+  await page.close();
+});
+
+test('a bad seed is refused next to the Generate button, not changed silently', async () => {
+  const page = await open(noGpuBrowser);
+  await waitReady(page);
+  for (const bad of ['-1', '1.5', '4294967296']) {
+    await page.locator('#seed').fill(bad);
+    await page.locator('#gen-one').click();
+    await page.waitForFunction(() => !document.getElementById('gen-error').hidden, null, { timeout: JOB_MS });
+    assert.match(await page.locator('#gen-error').textContent(), /seed must be a whole number from 0 to 4294967295/);
+    assert.equal(await page.locator('#error').isHidden(), true, 'the header stays for start-up errors');
+    assert.equal(await page.locator('#gen-one').isDisabled(), false, 'the page stays usable');
+  }
+  await page.close();
+});
+
+test('a missing classifier is said under the digits, and stays said after a generation', async () => {
+  const page = await open(noGpuBrowser, '', (p) => p.route('**/pkg/classifier.bpk', (r) => r.fulfill({ status: 404, body: 'gone' })));
+  await page.waitForFunction(() => window.playground?.ready, null, { timeout: LOAD_MS });
+  assert.equal(await page.locator('#no-classifier').isHidden(), false);
+  await set(page, 'steps', 2);
+  await page.locator('#gen-one').click();
+  await page.waitForFunction(() => /in total/.test(document.getElementById('timing').textContent), null, { timeout: JOB_MS });
+  assert.equal(await page.locator('#no-classifier').isHidden(), false, 'still shown after Generate');
+  await page.close();
+});
+
+test('on a phone (390 x 844) the digit picker, the model menu and the grid verdicts fit the screen', async () => {
+  const page = await open(noGpuBrowser, '', null, { width: 390, height: 844 });
+  await waitReady(page);
+  const right = async (sel) => { const b = await page.locator(sel).boundingBox(); return b.x + b.width; };
+  assert.ok(await right('#digits label:last-child') <= 390, 'the digit 9 is on screen');
+  const card = await page.locator('#generate').boundingBox();
+  assert.ok(await right('#model') <= card.x + card.width, 'the model menu stays inside its card');
+  assert.ok(await right('#grid figure:nth-child(10)') <= 390, 'the grid fits');
+  await set(page, 'steps', 1);
+  await page.locator('#gen-grid').click();
+  await page.waitForFunction(() => [...document.querySelectorAll('#grid figcaption')].every((c) => /\d, \d+%/.test(c.textContent)), null, { timeout: JOB_MS });
+  assert.equal(await page.locator('#grid figcaption').first().isVisible(), true, 'verdicts are shown');
+  await page.screenshot({ path: `${ARTIFACTS}phone.png`, fullPage: true });
+  await page.close();
+});
+
+test('a crashed engine keeps its message and its buttons off', async () => {
+  // The worker traps on its first generation, as a wasm `unreachable` would.
+  const page = await open(noGpuBrowser, '', (p) => p.route('**/worker.js', async (route) => {
+    const res = await route.fetch();
+    const body = (await res.text()).replace('async function generate({', 'async function generate({ crash = true, ') 
+      .replace('const job = current;', "const job = current; if (crash) throw new WebAssembly.RuntimeError('unreachable executed');");
+    await route.fulfill({ response: res, body });
+  }));
+  await waitReady(page);
+  await page.locator('#gen-one').click();
+  await page.waitForFunction(() => !document.getElementById('gen-error').hidden, null, { timeout: JOB_MS });
+  const shown = await page.evaluate(() => window.playground.errors());
+  assert.match(shown, /compute engine crashed \(unreachable executed\)\. Reload the page/);
+  assert.doesNotMatch(shown, /Generation failed/);
+  for (const id of ['gen-one', 'gen-grid', 'cancel', 'denoise']) assert.equal(await page.locator(`#${id}`).isDisabled(), true, `${id} stays off`);
   await page.close();
 });

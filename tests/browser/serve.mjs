@@ -44,6 +44,15 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     console.error(`error: ${dir}/index.html not found: build the site first (trunk build, see README)`);
     process.exit(1);
   }
-  const { url } = await serve({ dir, base: arg('--base', '/'), port: Number(arg('--port', 8080)), host: arg('--host', '127.0.0.1') });
-  console.log(`Serving ${dir}/ at ${url}  (Ctrl-C to stop)`);
+  const port = Number(arg('--port', 8080));
+  const host = arg('--host', '127.0.0.1');
+  try {
+    const { url } = await serve({ dir, base: arg('--base', '/'), port, host });
+    console.log(`Serving ${dir}/ at ${url}  (Ctrl-C to stop)`);
+  } catch (e) {
+    const why = e.code === 'EADDRINUSE' ? 'the port is in use (stop the other server, or choose another port)'
+      : e.code === 'EADDRNOTAVAIL' ? 'this machine has no such address' : e.message;
+    console.error(`error: cannot listen on ${host}:${port}: ${why}`);
+    process.exit(1);
+  }
 }
