@@ -59,14 +59,8 @@ impl std::fmt::Display for Compute {
     }
 }
 
-/// Builds the device for a choice, computing in f32. Native only: in the browser the page
-/// initialises WebGPU asynchronously (see the web bindings).
-#[cfg(not(target_arch = "wasm32"))]
-pub fn init(choice: DeviceChoice) -> Result<Device> {
-    init_with(choice, Compute::F32)
-}
-
-/// Builds the device for a choice and fixes the float type it computes in. burn locks a device's
+/// Builds the device for a choice and fixes the float type it computes in. Native only: in the
+/// browser the page initialises WebGPU asynchronously (see the web bindings). burn locks a device's
 /// float type at its first tensor, so it is set here, before anything is made on it.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn init_with(choice: DeviceChoice, compute: Compute) -> Result<Device> {

@@ -1,12 +1,14 @@
-//! Diffusion playground: the course's flow-matching MNIST UNets (part B) and, later, DeepFloyd IF
-//! stage 1 (part A), written once against burn and run natively (CLI, training, benchmarks) or in
-//! the browser on WebGPU.
+//! Diffusion playground: the course's flow-matching MNIST UNets (part B) and DeepFloyd IF stage 1
+//! (part A), written once against burn and run natively (CLI, training, benchmarks) or in the
+//! browser on WebGPU (docs/course.md has the models and algorithms).
 //!
-//! Layout: [`mnist`] holds the models and samplers of part B; [`image_ops`] the tensor <-> image
-//! helpers both parts share; [`device`] the one place a backend is chosen; [`rng`] the seedable
-//! noise source every sampler and trainer draws from, so tests can inject their own noise.
-//! [`conv`] and [`activation`] are the convolution and GELU every model calls: burn's, except on the
-//! CPU (Flex, f32), where this crate's faster kernels run.
+//! Layout: [`mnist`] holds the models and samplers of part B, [`deepfloyd`] those of part A (the
+//! two never import each other); [`artifact`] what both halves' manifests share (plain file
+//! names, bounded reads, size and sha256); [`image_ops`] the tensor <-> image helpers both parts
+//! share; [`device`] the one place a backend is chosen; [`rng`] the seedable noise source every
+//! sampler and trainer draws from, so tests can inject their own noise. [`conv`] and
+//! [`activation`] are the convolution and GELU every model calls: burn's, except on the CPU
+//! (Flex, f32), where this crate's faster kernels run.
 
 pub mod activation;
 pub mod artifact;

@@ -36,7 +36,8 @@ fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
 fn scheduler() -> DdpmScheduler {
     let cfg = SchedulerConfig::from_json(&std::fs::read_to_string(format!("{DIR}/scheduler_config.json")).unwrap(), "scheduler_config.json").unwrap();
     let mut s = DdpmScheduler::new(&cfg);
-    s.set_timesteps(strided_timesteps(990, 30)).unwrap();
+    s.set_timesteps(strided_timesteps(990, 30).unwrap()).unwrap();
+    assert!(strided_timesteps(990, 0).is_err());
     s
 }
 
@@ -84,6 +85,6 @@ fn bad_timestep_lists_are_refused() {
     assert!(s.set_timesteps(vec![]).is_err());
     assert!(s.set_timesteps(vec![500, 600]).unwrap_err().to_string().contains("descend"));
     assert!(s.set_timesteps(vec![1000, 10]).unwrap_err().to_string().contains("out of range"));
-    assert_eq!(strided_timesteps(990, 30).first(), Some(&990));
-    assert_eq!(strided_timesteps(990, 30).last(), Some(&0));
+    assert_eq!(strided_timesteps(990, 30).unwrap().first(), Some(&990));
+    assert_eq!(strided_timesteps(990, 30).unwrap().last(), Some(&0));
 }

@@ -190,7 +190,7 @@ impl IfConfig {
         raw.validate(source)
     }
 
-    /// IF-I-XL as published (SPEC part A), for size and FLOP arithmetic; `-M`/`-L` differ in widths
+    /// IF-I-XL as published, for size and FLOP arithmetic; `-M`/`-L` differ in widths
     /// (inferred from their published parameter counts). Parsed from [`Self::if_i_json`], so the
     /// same checks apply as to a user's file.
     pub fn if_i(variant: &str) -> Result<Self> {
@@ -235,11 +235,6 @@ impl IfConfig {
             "upcast_attention": false,
             "use_linear_projection": false
         }))
-    }
-
-    /// Number of parameters of the model this config builds.
-    pub fn parameter_count(&self) -> u64 {
-        crate::deepfloyd::unet::parameter_shapes(self).iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum()
     }
 }
 

@@ -1,4 +1,4 @@
-//! DeepFloyd IF stage 1 (SPEC part A): the UNet read from the user's diffusers folder, the DDPM
+//! DeepFloyd IF stage 1 (docs/course.md, part A): the UNet read from the user's diffusers folder, the DDPM
 //! scheduler with learned-range variance, and the course's sampling algorithms.
 //!
 //! Nothing here touches the file system except the desktop-only loaders in [`weights`]; the page

@@ -1,4 +1,4 @@
-//! The course's algorithms on IF stage 1 (SPEC part A), one readable function each. They take
+//! The course's algorithms on IF stage 1 (docs/course.md, part A), one readable function each. They take
 //! the model as anything that maps (x_t, t, text) to the 6-channel output, and draw every random
 //! number from a [`NoiseSource`], so tests inject the reference's noise.
 //!

@@ -42,8 +42,15 @@ pub struct DdpmScheduler {
 }
 
 /// 990, 960, ..., 0 for `(990, 30)`: the course's strided schedule.
-pub fn strided_timesteps(start: usize, stride: usize) -> Vec<usize> {
-    let stride = stride.max(1);
+pub fn strided_timesteps(start: usize, stride: usize) -> Result<Vec<usize>> {
+    if stride == 0 {
+        return Err(Error::Invalid("the timestep stride must be at least 1".into()));
+    }
+    Ok(strided(start, stride))
+}
+
+/// `start, start - stride, ..., ` down to the last non-negative value; `stride` >= 1.
+fn strided(start: usize, stride: usize) -> Vec<usize> {
     (0..=start / stride).map(|i| start - i * stride).collect()
 }
 
@@ -80,7 +87,7 @@ impl DdpmScheduler {
         } else {
             X0Mode::None
         };
-        let timesteps = strided_timesteps(990.min(n - 1), 30);
+        let timesteps = strided(990.min(n - 1), 30);
         DdpmScheduler { betas, alphas_cumprod, variance, x0_mode, timesteps }
     }
 

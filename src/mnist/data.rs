@@ -106,11 +106,6 @@ impl Dataset {
         self
     }
 
-    /// Pixels of image `i` scaled to [0, 1].
-    pub fn image_f32(&self, i: usize) -> Vec<f32> {
-        self.images[i * PIXELS..(i + 1) * PIXELS].iter().map(|&p| p as f32 / 255.0).collect()
-    }
-
     /// A batch of images in [0, 1] and their labels.
     ///
     /// # Shapes

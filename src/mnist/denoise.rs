@@ -1,4 +1,4 @@
-//! The single-step denoiser objectives (SPEC part B, models 1 and 2): `||D(x + sigma eps) - x||^2`,
+//! The single-step denoiser objectives (docs/course.md, recipes 1 and 2): `||D(x + sigma eps) - x||^2`,
 //! and the same with the input replaced by pure noise `z = eps`.
 
 use burn::prelude::*;

@@ -1,4 +1,4 @@
-//! The trainer for the five recipes of SPEC part B (desktop only: it needs autodiff and a file
+//! The trainer for the course's five recipes (docs/course.md) (desktop only: it needs autodiff and a file
 //! system). One loop serves all of them; a recipe only decides the objective and the defaults.
 //!
 //! Resumable by construction: all randomness of batch `b` of epoch `e` comes from

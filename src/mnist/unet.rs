@@ -1,5 +1,4 @@
-//! The course's UNet (SPEC part B, `reference/unconditional_arch.png` and
-//! `reference/conditional_arch_fm.png`). Field names are those of the PyTorch reference in
+//! The course's UNet (docs/course.md, part B). Field names are those of the PyTorch reference in
 //! `tests/reference/mnist_reference.py`, so its state dict loads with no renaming.
 
 use burn::module::Module;
@@ -181,7 +180,7 @@ impl UpBlock {
     }
 }
 
-/// FCBlock(in, out) = Linear(in, out), GELU, Linear(out, out) (`reference/FCBlock.png`).
+/// FCBlock(in, out) = Linear(in, out), GELU, Linear(out, out) (docs/course.md).
 #[derive(Module, Debug)]
 pub struct FCBlock {
     pub fc1: Linear,

@@ -1,8 +1,6 @@
 //! The subcommands. Each is a thin layer: parse flags, load, call the library, write files.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -23,6 +21,7 @@ use diffusion_playground::{Error, Result};
 
 use crate::args::{at_least_one, count, guidance, non_negative, positive, positive_f32, probability};
 use crate::models;
+use crate::stop::stop_flag;
 
 #[derive(Parser)]
 #[command(name = "dp", about = "Flow-matching MNIST models (and DeepFloyd IF) in burn: train, sample, evaluate, package")]
@@ -343,28 +342,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Package(a) => cmd_package(a, &device),
         Command::Bench(a) => crate::bench::run(a, &device, &cli.device.to_string()),
     }
-}
-
-/// The process's one stop flag, raised by Ctrl-C (SIGINT) or SIGTERM. The handler is installed
-/// once, on first use, and every long loop of the process polls the same flag, so a command
-/// that runs several jobs (`dp if sdedit` with several --i-start) stops at the first signal.
-pub(crate) fn stop_flag() -> Arc<AtomicBool> {
-    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    FLAG.get_or_init(|| {
-        let flag = Arc::new(AtomicBool::new(false));
-        let f = flag.clone();
-        // A second signal while saving falls through to the default handler only after this one
-        // returned, so a half-written checkpoint cannot happen (writes are atomic anyway).
-        let installed = ctrlc::set_handler(move || {
-            eprintln!("\nstop requested: saving and stopping after this step...");
-            f.store(true, std::sync::atomic::Ordering::SeqCst);
-        });
-        if let Err(e) = installed {
-            eprintln!("warning: could not install the Ctrl-C handler ({e}); Ctrl-C will end the process without saving");
-        }
-        flag
-    })
-    .clone()
 }
 
 fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {

@@ -232,7 +232,7 @@ impl Ctx {
 
     /// A progress bar that also stops the loop on Ctrl-C.
     fn run(&self, label: &str, f: impl FnOnce(&mut dyn FnMut(usize, usize, &Tensor<4>) -> bool) -> Result<Trajectory>) -> Result<Trajectory> {
-        let stop = crate::commands::stop_flag();
+        let stop = crate::stop::stop_flag();
         let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps {elapsed} (eta {eta})").unwrap());
         bar.set_message(label.to_string());
         let mut cb = |k: usize, total: usize, _: &Tensor<4>| {
@@ -275,7 +275,7 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
         Some(p) => DdpmScheduler::new(&SchedulerConfig::from_json(&std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?, &p.display().to_string())?),
         None => DdpmScheduler::if_stage1(),
     };
-    sched.set_timesteps(strided_timesteps(990.min(sched.num_train_timesteps() - 1), c.stride))?;
+    sched.set_timesteps(strided_timesteps(990.min(sched.num_train_timesteps() - 1), c.stride)?)?;
     let ctx = Ctx { model, sched, emb, common: c, device: device.clone() };
     let seed = ctx.common.seed;
     let (m, s, x0) = (&ctx.model, &ctx.sched, ctx.x0());

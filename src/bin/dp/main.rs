@@ -18,6 +18,8 @@ mod deepfloyd;
 mod heap;
 #[cfg(not(target_arch = "wasm32"))]
 mod models;
+#[cfg(not(target_arch = "wasm32"))]
+mod stop;
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {

@@ -260,6 +260,13 @@ fn up_resnet_channels(cfg: &IfConfig) -> Vec<(usize, Vec<usize>)> {
 
 /// Every parameter's diffusers key and shape for `cfg`, without allocating the model (the real
 /// XL has 4.3 billion parameters): sizes, FLOPs and package layouts are computed from this.
+impl IfConfig {
+    /// Number of parameters of the model this config builds.
+    pub fn parameter_count(&self) -> u64 {
+        parameter_shapes(self).iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum()
+    }
+}
+
 pub fn parameter_shapes(cfg: &IfConfig) -> Vec<(String, Vec<usize>)> {
     let mut out: Vec<(String, Vec<usize>)> = Vec::new();
     let mut lin = |out: &mut Vec<(String, Vec<usize>)>, name: String, cin: usize, cout: usize| {
