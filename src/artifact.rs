@@ -62,6 +62,26 @@ pub fn path_in(dir: &std::path::Path, name: &str, source: &str) -> Result<std::p
     Ok(path)
 }
 
+/// As [`path_in`], for the user's own diffusers download, which may also be a link into the
+/// `blobs/` folder of the Hugging Face cache that holds it (the hub client lays a download out as
+/// `<repo>/snapshots/<revision>/unet/<file> -> ../../../blobs/<hash>`); a link anywhere else is
+/// refused as by [`path_in`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn path_in_download(dir: &std::path::Path, name: &str, source: &str) -> Result<std::path::PathBuf> {
+    let refused = match path_in(dir, name, source) {
+        Ok(p) => return Ok(p),
+        Err(e) => e,
+    };
+    check_file_name(name, source)?;
+    let path = dir.join(name);
+    let (Ok(real), Ok(root)) = (path.canonicalize(), dir.canonicalize()) else { return Err(refused) };
+    let in_cache_blobs = root
+        .ancestors()
+        .filter(|a| a.file_name().is_some_and(|n| n == "snapshots"))
+        .any(|snapshots| snapshots.parent().is_some_and(|repo| real.starts_with(repo.join("blobs"))));
+    if in_cache_blobs && std::fs::metadata(&real).is_ok_and(|m| m.is_file()) { Ok(path) } else { Err(refused) }
+}
+
 /// Reads `name` from `dir` (see [`path_in`]) when it is exactly `size` bytes; never reads more.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_in(dir: &std::path::Path, name: &str, size: u64, source: &str) -> Result<Vec<u8>> {
@@ -114,6 +134,23 @@ mod tests {
             assert!(read_in(&dir, "zero.bin", 5, "m").is_err());
             std::os::unix::fs::symlink("a.bin", dir.join("inside.bin")).unwrap();
             assert_eq!(read_in(&dir, "inside.bin", 5, "m").unwrap(), b"hello");
+        }
+        #[cfg(unix)]
+        {
+            // A Hugging Face cache: snapshot files are links into the repo's blobs/.
+            let repo = root.join("models--x");
+            let unet = repo.join("snapshots/abc/unet");
+            std::fs::create_dir_all(&unet).unwrap();
+            std::fs::create_dir_all(repo.join("blobs")).unwrap();
+            std::fs::write(repo.join("blobs/0123"), b"weights").unwrap();
+            std::os::unix::fs::symlink("../../../blobs/0123", unet.join("w.safetensors")).unwrap();
+            std::os::unix::fs::symlink(root.join("outside.bin"), unet.join("out.safetensors")).unwrap();
+            std::os::unix::fs::symlink("/dev/zero", unet.join("zero.safetensors")).unwrap();
+            assert!(path_in(&unet, "w.safetensors", "m").is_err());
+            assert!(path_in_download(&unet, "w.safetensors", "m").is_ok());
+            assert!(path_in_download(&unet, "out.safetensors", "m").is_err());
+            assert!(path_in_download(&unet, "zero.safetensors", "m").is_err());
+            assert!(path_in_download(&unet, "../../../blobs/0123", "m").is_err());
         }
         assert!(verify("a.bin", b"hello", 5, &sha256_hex(b"hello")).is_ok());
         assert!(verify("a.bin", b"hellp", 5, &sha256_hex(b"hello")).unwrap_err().to_string().contains("corrupt"));

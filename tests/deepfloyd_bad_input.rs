@@ -288,3 +288,26 @@ fn a_null_prompt_of_another_token_count_is_a_clear_error() {
     assert!(e.contains("[77, 24]") && e.contains("[64, 24]") && e.contains("null prompt"), "{e}");
     assert!(Prompt::new(Tensor::zeros([1, 77, 24], &device), Some(Tensor::zeros([1, 77, 24], &device)), 7.0).is_ok());
 }
+
+/// A shard index names files too: only plain names of regular files in the folder (or, for a
+/// Hugging Face cache, its blobs) are opened.
+#[test]
+fn a_shard_index_cannot_reach_outside_its_folder() {
+    let d = copy_unet("tiny_xl", "index-escape");
+    let index = d.join("diffusion_pytorch_model.safetensors.index.json");
+    let good = std::fs::read_to_string(&index).unwrap();
+    let first = "diffusion_pytorch_model-00001-of-00002.safetensors";
+    std::fs::write(d.parent().unwrap().join("secret.safetensors"), b"not yours").unwrap();
+    for name in ["../secret.safetensors", "/etc/passwd"] {
+        std::fs::write(&index, good.replace(first, name)).unwrap();
+        let e = load_err(&d);
+        assert!(e.contains("plain files"), "{name}: {e}");
+    }
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.safetensors")).unwrap();
+        std::fs::write(&index, good.replace(first, "zero.safetensors")).unwrap();
+        let e = load_err(&d);
+        assert!(e.contains("outside") || e.contains("not a regular file"), "{e}");
+    }
+}

@@ -131,9 +131,9 @@ fn read_header_file_at(path: &std::path::Path) -> Result<(usize, BTreeMap<String
 #[cfg(not(target_arch = "wasm32"))]
 pub fn weight_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     for variant in ["", ".fp16"] {
-        let single = dir.join(format!("diffusion_pytorch_model{variant}.safetensors"));
-        if single.is_file() {
-            return Ok(vec![single]);
+        let name = format!("diffusion_pytorch_model{variant}.safetensors");
+        if dir.join(&name).exists() {
+            return Ok(vec![crate::artifact::path_in_download(dir, &name, &dir.display().to_string())?]);
         }
         let index = dir.join(format!("diffusion_pytorch_model{variant}.safetensors.index.json"));
         if index.is_file() {
@@ -150,7 +150,7 @@ pub fn weight_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
                 if !dir.join(f).exists() {
                     return Err(Error::format(&index, format!("lists shard {f}, which is missing from {}", dir.display())));
                 }
-                out.push(crate::artifact::path_in(dir, f, &index.display().to_string())?);
+                out.push(crate::artifact::path_in_download(dir, f, &index.display().to_string())?);
             }
             return Ok(out);
         }
