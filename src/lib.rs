@@ -5,7 +5,7 @@
 //! Layout: [`mnist`] holds the models and samplers of part B, [`deepfloyd`] those of part A (the
 //! two never import each other); [`artifact`] what both halves' manifests share (plain file
 //! names, bounded reads, size and sha256); [`image_ops`] the tensor <-> image helpers both parts
-//! share; [`device`] the one place a backend is chosen; [`rng`] the seedable noise source every
+//! share; [`guidance`] the one classifier-free guidance rule; [`device`] the one place a backend is chosen; [`rng`] the seedable noise source every
 //! sampler and trainer draws from, so tests can inject their own noise. [`conv`] and
 //! [`activation`] are the convolution and GELU every model calls: burn's, except on the CPU
 //! (Flex, f32), where this crate's faster kernels run.
@@ -16,6 +16,7 @@ pub mod conv;
 pub mod deepfloyd;
 pub mod device;
 pub mod error;
+pub mod guidance;
 pub mod image_ops;
 pub mod mnist;
 #[cfg(not(target_arch = "wasm32"))]

@@ -87,8 +87,9 @@ impl Prompt {
     }
 }
 
-/// The (guided) 6-channel output for a batch `x` under `prompt`: eps = eps_u + g (eps_c - eps_u),
-/// v from the conditional branch. Both branches run as one batch.
+/// The (guided) 6-channel output for a batch `x` under `prompt`: eps by [`crate::guidance`]'s
+/// rule, v from the conditional branch. Both branches run as one batch; without a null prompt,
+/// or at scale 1, the conditional branch runs alone.
 ///
 /// # Shapes
 /// `[B, 3, H, W] -> [B, 6, H, W]`
@@ -99,14 +100,14 @@ pub fn guided<M: Denoiser>(model: &M, x: Tensor<4>, t: usize, prompt: &Prompt) -
         e.clone().expand([b, l, d])
     };
     match &prompt.uncond {
-        None => model.predict(x, t, text(&prompt.cond)),
-        Some(u) => {
+        Some(u) if crate::guidance::needs_unconditional(prompt.guidance) => {
             let out = model.predict(Tensor::cat(vec![x.clone(), x], 0), t, Tensor::cat(vec![text(u), text(&prompt.cond)], 0));
             let un = out.clone().slice([0..b, 0..c, 0..h, 0..w]);
             let co = out.slice([b..2 * b]);
-            let eps = un.clone() + (co.clone().slice([0..b, 0..c, 0..h, 0..w]) - un) * prompt.guidance;
+            let eps = crate::guidance::combine(un, co.clone().slice([0..b, 0..c, 0..h, 0..w]), prompt.guidance);
             Tensor::cat(vec![eps, co.slice([0..b, c..2 * c, 0..h, 0..w])], 1)
         }
+        _ => model.predict(x, t, text(&prompt.cond)),
     }
 }
 

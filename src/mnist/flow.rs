@@ -121,7 +121,7 @@ pub fn velocity(model: &UNet, x: Tensor<4>, t: f32, cond: &Conditions) -> Tensor
         Conditioning::TimeClass => {
             assert_eq!(cond.labels.len(), b, "one label per image");
             let labels: Vec<Option<usize>> = cond.labels.iter().map(|&l| Some(l)).collect();
-            if cond.guidance == 1.0 {
+            if !crate::guidance::needs_unconditional(cond.guidance) {
                 let c = one_hot(&labels, &device);
                 return model.forward(x, Some(Tensor::full([b, 1], t, &device)), Some(c));
             }
@@ -130,9 +130,7 @@ pub fn velocity(model: &UNet, x: Tensor<4>, t: f32, cond: &Conditions) -> Tensor
             both.extend(std::iter::repeat_n(None, b));
             let c = one_hot(&both, &device);
             let u = model.forward(Tensor::cat(vec![x.clone(), x], 0), Some(Tensor::full([2 * b, 1], t, &device)), Some(c));
-            let uc = u.clone().slice([0..b]);
-            let uu = u.slice([b..2 * b]);
-            uu.clone() + (uc - uu) * cond.guidance
+            crate::guidance::combine(u.clone().slice([b..2 * b]), u.slice([0..b]), cond.guidance)
         }
     }
 }
