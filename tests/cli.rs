@@ -209,6 +209,8 @@ fn numbers_on_the_command_line_are_bounded() {
         (&["train-classifier", "--batch", "0"], "--batch"),
         (&["train-classifier", "--lr", "nan"], "--lr"),
         (&["bench", "--hidden", "100000"], "--hidden"),
+        (&["bench", "--seconds", "1e300"], "more than an hour"),
+        (&["bench", "--rounds", "4000000000"], "--rounds"),
         (&["if", "--n", "100000000", "sample"], "--n"),
         (&["if", "sample", "--n", "100000000"], "--n"),
         (&["if", "--scale", "100000", "prompts"], "--scale"),

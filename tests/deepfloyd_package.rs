@@ -36,7 +36,7 @@ fn quantized_packages_load_and_stay_close() {
         let scale: f32 = want.clone().abs().max().into_scalar();
         for (scheme, bound) in [(Scheme::F16, 1e-2), (Scheme::Q8, 5e-2), (Scheme::Q4, 0.5)] {
             let out = common::tmp(&format!("pkg-{name}-{scheme:?}"));
-            let m = convert_dir(&unet, &out, scheme, |_, _| {}).unwrap();
+            let m = convert_dir(&unet, &out, scheme, |_, _| true).unwrap();
             let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
             let model = load_package_dir(&out, &device).unwrap();
             let err: f32 = (run(&model) - want.clone()).abs().max().into_scalar();
@@ -51,7 +51,7 @@ fn corrupt_or_incomplete_packages_are_refused() {
     let device = Device::flex();
     let unet = Path::new(FIX).join("tiny_m/unet");
     let out = common::tmp("pkg-bad");
-    convert_dir(&unet, &out, Scheme::Q8, |_, _| {}).unwrap();
+    convert_dir(&unet, &out, Scheme::Q8, |_, _| true).unwrap();
     let shard = out.join("shard-00001.bin");
     let good = std::fs::read(&shard).unwrap();
     let mut bad = good.clone();
@@ -85,7 +85,7 @@ fn hostile_manifests_are_refused_before_reading() {
     let unet = Path::new(FIX).join("tiny_m").join("unet");
     let root = common::tmp("pkg-hostile");
     let out = root.join("pkg");
-    convert_dir(&unet, &out, Scheme::Q8, |_, _| {}).unwrap();
+    convert_dir(&unet, &out, Scheme::Q8, |_, _| true).unwrap();
     let good = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     std::fs::write(root.join("secret.bin"), b"not yours").unwrap();
     let edit = |f: &dyn Fn(&mut serde_json::Value)| {
@@ -130,7 +130,7 @@ fn hostile_manifests_are_refused_before_reading() {
 fn a_package_with_a_nan_scale_is_refused() {
     let unet = Path::new(FIX).join("tiny_m").join("unet");
     let out = common::tmp("pkg-nan");
-    let m = convert_dir(&unet, &out, Scheme::Q8, |_, _| {}).unwrap();
+    let m = convert_dir(&unet, &out, Scheme::Q8, |_, _| true).unwrap();
     let t = m.tensors.iter().find(|t| t.dtype == diffusion_playground::deepfloyd::package::Stored::Q8).unwrap();
     let p = &t.pieces[0];
     let shard = out.join(&m.shards[p.shard].file);
@@ -143,4 +143,17 @@ fn a_package_with_a_nan_scale_is_refused() {
     std::fs::write(out.join("manifest.json"), v.to_string()).unwrap();
     let e = load_package_dir(&out, &Device::flex()).err().unwrap().to_string();
     assert!(e.contains(&t.name) && e.contains("NaN"), "{e}");
+}
+
+/// A stopped conversion (Ctrl-C) ends between tensors: no manifest (so nothing loads it as a
+/// package) and no temporary file left behind.
+#[test]
+fn a_stopped_conversion_leaves_no_package() {
+    let unet = Path::new(FIX).join("tiny_m").join("unet");
+    let out = common::tmp("pkg-stopped");
+    let e = convert_dir(&unet, &out, Scheme::Q8, |done, _| done < 3).err().unwrap();
+    assert!(matches!(e, diffusion_playground::Error::Interrupted), "{e}");
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert!(!names.iter().any(|n| n == "manifest.json" || n.ends_with(".tmp")), "{names:?}");
+    assert!(load_package_dir(&out, &Device::flex()).is_err());
 }

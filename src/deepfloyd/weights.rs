@@ -285,9 +285,11 @@ fn burn_key(k: &str) -> String {
 }
 
 /// Converts a diffusers `unet/` folder into a package (see [`super::package`]) in `out`,
-/// one tensor in memory at a time. Returns the manifest (also written as `manifest.json`).
+/// one tensor in memory at a time. Returns the manifest (also written as `manifest.json`, last,
+/// so a package without one is an unfinished conversion). `progress(done, total)` is called
+/// after each tensor; returning false stops the conversion with `Error::Interrupted`.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: super::package::Scheme, mut progress: impl FnMut(usize, usize)) -> Result<super::package::PackageManifest> {
+pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: super::package::Scheme, mut progress: impl FnMut(usize, usize) -> bool) -> Result<super::package::PackageManifest> {
     use std::io::{Read, Seek, SeekFrom};
     let cfg_path = dir.join("config.json");
     let json = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
@@ -317,7 +319,9 @@ pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: super::
         let values = floats(&info.dtype, &raw);
         check_finite(name, &values, &path.display().to_string())?;
         writer.add(name, shape, &values)?;
-        progress(i + 1, shapes.len());
+        if !progress(i + 1, shapes.len()) {
+            return Err(Error::Interrupted);
+        }
     }
     let manifest = writer.finish()?;
     crate::image_ops::write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest).unwrap().as_bytes())?;

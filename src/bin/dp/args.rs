@@ -73,3 +73,11 @@ pub fn odd_kernel(s: &str) -> Result<usize, String> {
         k => Ok(k),
     }
 }
+
+/// A duration in seconds: positive, at most an hour (a benchmark, not a soak test).
+pub fn seconds(s: &str) -> Result<f64, String> {
+    match positive(s)? {
+        v if v > 3600.0 => Err(format!("{v} is more than an hour (3600)")),
+        v => Ok(v),
+    }
+}

@@ -6,7 +6,7 @@
 //! result: a shared machine's speed drifts by a third within minutes, which one burn run followed
 //! by one PyTorch run reads as a difference between the two.
 
-use crate::args::{count, positive};
+use crate::args::{count, seconds};
 use std::process::Command;
 use std::time::Instant;
 
@@ -27,11 +27,11 @@ pub struct BenchArgs {
     train_batch: usize,
     #[arg(long, default_value_t = 80, value_parser = count(1024))]
     sample_batch: usize,
-    /// Seconds each measurement runs for.
-    #[arg(long, default_value_t = 10.0, value_parser = positive)]
+    /// Seconds each measurement runs for (at most an hour).
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     seconds: f64,
     /// Rounds of (burn, PyTorch); the ratios reported are the median of the rounds'.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
     /// Skip the PyTorch side.
     #[arg(long)]

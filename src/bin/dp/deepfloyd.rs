@@ -65,9 +65,11 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     }
     let (unet, out) = (a.unet.unwrap(), a.out.unwrap());
     let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template("converting {bar:30} {pos}/{len} tensors {elapsed}").unwrap());
+    let stop = crate::stop::stop_flag();
     let m = convert_dir(&unet, &out, a.scheme, |i, n| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);
+        !stop.load(Ordering::SeqCst)
     })?;
     bar.finish();
     let total: u64 = m.shards.iter().map(|s| s.bytes).sum();
