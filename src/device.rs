@@ -6,7 +6,6 @@ use burn::tensor::Device;
 
 /// A backend the user can pick at run time (`--device cpu|wgpu|cuda`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 pub enum DeviceChoice {
     /// burn's pure-Rust Flex backend (multi-threaded SIMD on the desktop).
     Cpu,
@@ -28,20 +27,18 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
+crate::named!(DeviceChoice { Cpu => "cpu", Wgpu => "wgpu", Cuda => "cuda" });
+crate::named!(Compute { F32 => "f32", F16 => "f16" });
+
 impl std::fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Cpu => "cpu",
-            Self::Wgpu => "wgpu",
-            Self::Cuda => "cuda",
-        })
+        f.write_str(crate::named::Named::name(*self))
     }
 }
 
 /// The float type a device computes in (`--compute`). Weights stored in another type are cast
 /// on load (see the IF weight adapter).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 pub enum Compute {
     #[default]
     F32,
@@ -52,10 +49,7 @@ pub enum Compute {
 
 impl std::fmt::Display for Compute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::F32 => "f32",
-            Self::F16 => "f16",
-        })
+        f.write_str(crate::named::Named::name(*self))
     }
 }
 

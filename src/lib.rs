@@ -19,6 +19,7 @@ pub mod error;
 pub mod guidance;
 pub mod image_ops;
 pub mod mnist;
+pub mod named;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod plot;
 pub mod rng;

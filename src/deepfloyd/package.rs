@@ -18,13 +18,14 @@ pub const SHARD_MAX: usize = 64 * 1024 * 1024;
 pub const FORMAT: &str = "diffusion-playground/if-unet";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     F16,
     Q8,
     Q4,
 }
+
+crate::named!(Scheme { F16 => "f16", Q8 => "q8", Q4 => "q4" });
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

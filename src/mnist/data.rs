@@ -12,12 +12,13 @@ use crate::{Error, Result};
 
 /// Which dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum DatasetKind {
     Mnist,
     Fashion,
 }
+
+crate::named!(DatasetKind { Mnist => "mnist", Fashion => "fashion" });
 
 impl DatasetKind {
     /// Where the files are unless `--data` says otherwise.

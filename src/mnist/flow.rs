@@ -72,7 +72,6 @@ pub fn flow_loss(model: &UNet, x1: Tensor<4>, batch: &FlowBatch) -> Tensor<1> {
 
 /// Which ODE solver integrates the flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum Solver {
     /// The course's sampler: `x += u(x, t) / T`. One model call per step.
@@ -87,6 +86,8 @@ pub enum Solver {
     /// the final image as faint grey grain.
     Heun,
 }
+
+crate::named!(Solver { Euler => "euler", Heun => "heun" });
 
 impl Solver {
     /// Model evaluations (each possibly doubled by guidance) for `steps` steps.

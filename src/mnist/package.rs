@@ -108,12 +108,13 @@ pub fn module_to_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
 /// How a package stores its float tensors. f16 halves the page's download; the model still runs
 /// in f32 (weights are widened on load), and the error this adds is measured in README.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum StoredFloat {
     F32,
     F16,
 }
+
+crate::named!(StoredFloat { F32 => "f32", F16 => "f16" });
 
 impl StoredFloat {
     fn f32() -> Self {

@@ -29,7 +29,7 @@ use crate::rng::Rng;
 use crate::{Error, Result};
 
 /// The course's five training recipes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Recipe {
     /// 1. Single-step denoiser on z = x + sigma eps.
@@ -43,6 +43,14 @@ pub enum Recipe {
     /// 5. As 4 without the LR scheduler: constant LR, AdamW and gradient clipping.
     ClassFlowConstant,
 }
+
+crate::named!(Recipe {
+    Denoiser => "denoiser",
+    PureNoise => "pure-noise",
+    TimeFlow => "time-flow",
+    ClassFlow => "class-flow",
+    ClassFlowConstant => "class-flow-constant",
+});
 
 impl Recipe {
     pub fn conditioning(self) -> Conditioning {

@@ -81,3 +81,10 @@ pub fn seconds(s: &str) -> Result<f64, String> {
         v => Ok(v),
     }
 }
+
+/// One of the library's named choices (solver, recipe, storage type, device, ...): clap lists
+/// the names in --help and refuses any other.
+pub fn choice<T: diffusion_playground::named::Named + Send + Sync>() -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(T::ALL.iter().map(|v| v.name())).map(|s| T::from_name(&s).expect("clap only passes listed names"))
+}

@@ -19,7 +19,7 @@ use diffusion_playground::mnist::{CLASSES, PIXELS};
 use diffusion_playground::rng::Rng;
 use diffusion_playground::{Error, Result};
 
-use crate::args::{at_least_one, count, guidance, non_negative, positive, positive_f32, probability};
+use crate::args::{at_least_one, choice, count, guidance, non_negative, positive, positive_f32, probability};
 use crate::models;
 use crate::stop::stop_flag;
 
@@ -27,10 +27,10 @@ use crate::stop::stop_flag;
 #[command(name = "dp", about = "Flow-matching MNIST models (and DeepFloyd IF) in burn: train, sample, evaluate, package")]
 pub struct Cli {
     /// Compute backend.
-    #[arg(long, global = true, default_value = "cpu")]
+    #[arg(long, global = true, default_value = "cpu", value_parser = choice::<DeviceChoice>())]
     pub device: DeviceChoice,
     /// Float type the device computes in (`if` and `bench-if` only; weights are cast on load).
-    #[arg(long, global = true, default_value = "f32")]
+    #[arg(long, global = true, default_value = "f32", value_parser = choice::<Compute>())]
     compute: Compute,
     #[command(subcommand)]
     command: Command,
@@ -69,13 +69,14 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
+    #[arg(value_parser = choice::<Recipe>())]
     recipe: Recipe,
     /// Run directory (checkpoint, snapshots, curves, figures).
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
     resume: bool,
-    #[arg(long)]
+    #[arg(long, value_parser = choice::<DatasetKind>())]
     dataset: Option<DatasetKind>,
     /// Directory of the IDX files (default: data/mnist, or Debian's Fashion-MNIST folder).
     #[arg(long)]
@@ -147,7 +148,7 @@ struct SamplerArgs {
     /// Euler steps (or Heun steps: each costs two model calls).
     #[arg(long, default_value_t = 50, value_parser = count(MAX_STEPS))]
     steps: usize,
-    #[arg(long, value_enum, default_value = "euler")]
+    #[arg(long, default_value = "euler", value_parser = choice::<Solver>())]
     solver: Solver,
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 5.0, value_parser = guidance)]
@@ -266,7 +267,7 @@ struct PackageArgs {
     #[arg(long, default_value = "pkg")]
     pkg: PathBuf,
     /// How float tensors are stored: f16 halves the download, the page computes in f32 either way.
-    #[arg(long, value_enum, default_value = "f16")]
+    #[arg(long, default_value = "f16", value_parser = choice::<package::StoredFloat>())]
     dtype: package::StoredFloat,
     /// Facts to record, KEY=VALUE (training command, wall time, metrics).
     #[arg(long = "note")]

@@ -38,7 +38,7 @@ pub struct ConvertArgs {
     /// Output folder (manifest.json + shard-NNNNN.bin).
     #[arg(long, required_unless_present = "sizes")]
     out: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "q8")]
+    #[arg(long, default_value = "q8", value_parser = crate::args::choice::<Scheme>())]
     scheme: Scheme,
     /// Print the package sizes of IF-I M, L and XL for every scheme instead of converting.
     #[arg(long)]
