@@ -130,7 +130,7 @@ function onReady(msg) {
   $('load-progress').textContent = '';
   if (msg.notice) showNotice(msg.notice);
   // Without a classifier the digits come without verdicts: say so where they would be, for good.
-  $('no-classifier').hidden = state.models.has('classifier');
+  $('no-classifier').hidden = [...state.models.values()].some((m) => m.kind === 'classifier');
   if (msg.failed.length) {
     showError(msg.failed.map((f) => `Could not load model '${f.name}': ${f.message}`).join('\n')
       + '\nReload the page to fetch it again; if this persists, the site\'s pkg/ files are damaged (rebuild and redeploy them).');

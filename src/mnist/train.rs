@@ -393,7 +393,6 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
 
     if opts.resume && run.checkpoint().exists() {
         let (p, model_bytes, optim_bytes) = read_checkpoint(&run.checkpoint())?;
-        check_resume(&p, &config, batches, &fingerprint, &run.checkpoint())?;
         if p.config != config {
             // Only the epoch count may grow on resume (train longer); everything else must match.
             let mut same = p.config.clone();
@@ -420,6 +419,8 @@ pub fn train(config: TrainConfig, device: &Device, opts: &RunOptions) -> Result<
                 )));
             }
         }
+        // Settings first (the clearer message when a flag changed), then counters and data.
+        check_resume(&p, &config, batches, &fingerprint, &run.checkpoint())?;
         model = package::load_module_bytes(model, &model_bytes, &run.checkpoint().display().to_string())?;
         let record = burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(optim_bytes))
             .map_err(|e| Error::format(run.checkpoint(), format!("optimizer state: {e}")))?;
