@@ -31,10 +31,43 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The little-endian float encodings weight files store (safetensors F32/F16/BF16, burnpack's
+/// f32/f16/bf16/f64), decoded to f32 in one place for both halves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredFloat {
+    F32,
+    F16,
+    Bf16,
+    F64,
+}
+
+impl StoredFloat {
+    pub fn decode(self, raw: &[u8]) -> Vec<f32> {
+        match self {
+            StoredFloat::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            StoredFloat::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StoredFloat::Bf16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StoredFloat::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        }
+    }
+}
+
+/// Refuses a tensor holding NaN or infinity, by name (such weights give a black image and exit 0).
+pub fn check_finite(name: &str, values: &[f32], source: &str) -> Result<()> {
+    match values.iter().find(|v| !v.is_finite()) {
+        Some(v) => Err(Error::format(source, format!("tensor {name} holds {v}: the weights are damaged (a diverged run, or a corrupt file: download or convert it again)"))),
+        None => Ok(()),
+    }
+}
+
+fn wrong_size(file: impl AsRef<std::path::Path>, len: u64, size: u64) -> Error {
+    Error::format(file, format!("is {len} bytes, the manifest says {size} (truncated or wrong file, or an incomplete download: download or copy it again)"))
+}
+
 /// Checks that `bytes` are the file a manifest describes: its size, then its sha256.
 pub fn verify(file: &str, bytes: &[u8], size: u64, sha256: &str) -> Result<()> {
     if bytes.len() as u64 != size {
-        return Err(Error::format(file, format!("is {} bytes, the manifest says {size} (truncated or wrong file, or an incomplete download: download or copy it again)", bytes.len())));
+        return Err(wrong_size(file, bytes.len() as u64, size));
     }
     let h = sha256_hex(bytes);
     if !h.eq_ignore_ascii_case(sha256) {
@@ -90,7 +123,7 @@ pub fn read_in(dir: &std::path::Path, name: &str, size: u64, source: &str) -> Re
     let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
     let len = f.metadata().map_err(|e| Error::io(&path, e))?.len();
     if len != size {
-        return Err(Error::format(&path, format!("is {len} bytes, the manifest says {size} (truncated or wrong file, or an incomplete download: download or copy it again)")));
+        return Err(wrong_size(&path, len, size));
     }
     let mut bytes = Vec::with_capacity(size as usize);
     // One byte more than promised: a file that grows while being read is caught, not followed.

@@ -128,10 +128,10 @@ pub fn decode(bytes: &[u8], n: usize, dtype: Stored) -> Result<Vec<f32>> {
         return Err(Error::Invalid(format!("{} bytes for {n} {dtype:?} values (expected {})", bytes.len(), dtype.bytes(n))));
     }
     Ok(match dtype {
-        Stored::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Stored::F16 => crate::artifact::StoredFloat::F16.decode(bytes),
         Stored::Q8 | Stored::Q4 => {
             let nb = n / BLOCK;
-            let scales: Vec<f32> = bytes[..2 * nb].chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+            let scales = crate::artifact::StoredFloat::F16.decode(&bytes[..2 * nb]);
             let data = &bytes[2 * nb..];
             (0..n)
                 .map(|i| {
@@ -248,10 +248,9 @@ impl PackageManifest {
                 for p in &t.pieces {
                     bytes.extend_from_slice(&shards[p.shard][p.offset as usize..(p.offset + p.bytes) as usize]);
                 }
+                // A NaN block scale shows as NaN values, so this covers the scales too.
                 let values = decode(&bytes, t.shape.iter().product(), t.dtype)?;
-                if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-                    return Err(Error::Invalid(format!("tensor {} of the package holds {v} (in its values or its block scales): the package is damaged; convert it again", t.name)));
-                }
+                crate::artifact::check_finite(&t.name, &values, "the package")?;
                 Ok((t.name.clone(), t.shape.clone(), values))
             })
             .collect()

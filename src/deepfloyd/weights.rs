@@ -74,19 +74,13 @@ pub fn parse_header(bytes: &[u8], file_len: u64, source: &str) -> Result<(usize,
 /// A safetensors tensor's little-endian F32, F16 or BF16 bytes as f32 (dtypes checked by
 /// [`parse_header`]).
 pub fn floats(dtype: &str, raw: &[u8]) -> Vec<f32> {
+    use crate::artifact::StoredFloat;
     match dtype {
-        "F32" => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        "F16" => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        _ => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        "F32" => StoredFloat::F32,
+        "F16" => StoredFloat::F16,
+        _ => StoredFloat::Bf16,
     }
-}
-
-/// Refuses a tensor holding NaN or infinity, by name (such weights give a black image and exit 0).
-pub fn check_finite(name: &str, values: &[f32], source: &str) -> Result<()> {
-    match values.iter().find(|v| !v.is_finite()) {
-        Some(v) => Err(Error::format(source, format!("tensor {name} holds {v}: the weights are damaged (download or convert them again)"))),
-        None => Ok(()),
-    }
+    .decode(raw)
 }
 
 /// Every tensor of a safetensors file checked for NaN and infinity, read one at a time.
@@ -100,7 +94,7 @@ fn check_finite_file(path: &std::path::Path) -> Result<()> {
         f.seek(SeekFrom::Start(8 + n as u64 + info.data_offsets[0])).map_err(|e| Error::io(path, e))?;
         raw.resize((info.data_offsets[1] - info.data_offsets[0]) as usize, 0);
         f.read_exact(&mut raw).map_err(|e| Error::io(path, format!("reading {name}: {e}")))?;
-        check_finite(name, &floats(&info.dtype, &raw), &path.display().to_string())?;
+        crate::artifact::check_finite(name, &floats(&info.dtype, &raw), &path.display().to_string())?;
     }
     Ok(())
 }
@@ -250,7 +244,7 @@ pub fn load_unet_bytes(config_json: &str, files: Vec<(String, Vec<u8>)>, device:
         let (n, tensors) = parse_header(bytes, bytes.len() as u64, name)?;
         for (k, info) in tensors {
             let [a, b] = info.data_offsets;
-            check_finite(&k, &floats(&info.dtype, &bytes[8 + n + a as usize..8 + n + b as usize]), name)?;
+            crate::artifact::check_finite(&k, &floats(&info.dtype, &bytes[8 + n + a as usize..8 + n + b as usize]), name)?;
             stored.insert(k, (info, name.clone()));
         }
     }
@@ -317,7 +311,7 @@ pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: super::
         let mut raw = vec![0u8; (info.data_offsets[1] - info.data_offsets[0]) as usize];
         f.read_exact(&mut raw).map_err(|e| Error::io(path, format!("reading {name}: {e}")))?;
         let values = floats(&info.dtype, &raw);
-        check_finite(name, &values, &path.display().to_string())?;
+        crate::artifact::check_finite(name, &values, &path.display().to_string())?;
         writer.add(name, shape, &values)?;
         if !progress(i + 1, shapes.len()) {
             return Err(Error::Interrupted);

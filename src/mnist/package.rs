@@ -170,22 +170,16 @@ fn check_finite(bytes: &[u8], source: &str) -> Result<()> {
     let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes.to_vec())));
     let tensors = store.get_all_tensors().map_err(|e| Error::format(source, format!("not a readable burnpack model file ({})", abridge(&e.to_string(), 300))))?;
     for (name, t) in tensors {
-        let width = match t.dtype {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-            DType::F64 => 8,
+        use crate::artifact::StoredFloat as F;
+        let stored = match t.dtype {
+            DType::F32 => F::F32,
+            DType::F16 => F::F16,
+            DType::BF16 => F::Bf16,
+            DType::F64 => F::F64,
             _ => continue,
         };
         let raw = t.to_bytes().map_err(|e| Error::format(source, format!("tensor {name}: {e:?}")))?;
-        let bad = raw.chunks_exact(width).map(|c| match t.dtype {
-            DType::F32 => f32::from_le_bytes(c.try_into().unwrap()),
-            DType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
-            DType::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-            _ => f64::from_le_bytes(c.try_into().unwrap()) as f32,
-        }).find(|v| !v.is_finite());
-        if let Some(v) = bad {
-            return Err(Error::format(source, format!("tensor {name} holds {v}: the weights are damaged (a diverged run or a corrupt file)")));
-        }
+        crate::artifact::check_finite(name, &stored.decode(&raw), source)?;
     }
     Ok(())
 }
