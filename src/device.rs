@@ -73,8 +73,8 @@ pub fn init_with(choice: DeviceChoice, compute: Compute) -> Result<Device> {
                 Error::Device(format!(
                     "no wgpu adapter could be opened{} (no GPU driver, or no Vulkan/Metal/DX12 \
                      implementation installed; on Linux without a GPU install mesa-vulkan-drivers); \
-                     use --device cpu",
-                    if compute == Compute::F16 { " for f16 compute (try --compute f32)" } else { "" }
+                     use `device` cpu",
+                    if compute == Compute::F16 { " for f16 compute (try `compute` f32)" } else { "" }
                 ))
             })?
         }
@@ -88,7 +88,7 @@ fn configure(mut device: Device, choice: DeviceChoice, compute: Compute) -> Resu
     if compute == Compute::F16 {
         device
             .configure(burn::tensor::FloatDType::F16)
-            .map_err(|e| Error::Device(format!("--device {choice} cannot compute in f16 ({e:?}); use --compute f32")))?;
+            .map_err(|e| Error::Device(format!("`device` {choice} cannot compute in f16 ({e:?}); use `compute` f32")))?;
     }
     Ok(device)
 }
@@ -100,13 +100,13 @@ fn cuda(compute: Compute) -> Result<Device> {
         let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
         Ok(device)
     })
-    .map_err(|_| Error::Device("CUDA device 0 could not be opened (no NVIDIA driver/NVRTC?); use --device cpu".into()))?
+    .map_err(|_| Error::Device("CUDA device 0 could not be opened (no NVIDIA driver/NVRTC?); use `device` cpu".into()))?
 }
 
 #[cfg(all(not(target_arch = "wasm32"), not(feature = "cuda")))]
 fn cuda(_: Compute) -> Result<Device> {
     Err(Error::Device(
-        "this build has no CUDA backend: rebuild with `cargo build --release --features cuda`, or use --device wgpu|cpu".into(),
+        "this build has no CUDA backend: rebuild with `cargo build --release --features cuda`, or use `device` wgpu|cpu".into(),
     ))
 }
 

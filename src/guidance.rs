@@ -24,7 +24,7 @@ mod tests {
         let d = Device::flex();
         let u = Tensor::<1>::from_floats([1.0, 2.0], &d);
         let c = Tensor::<1>::from_floats([3.0, -1.0], &d);
-        let at = |s: f32| combine(u.clone(), c.clone(), s).into_data().to_vec::<f32>().unwrap();
+        let at = |s: f32| combine(u.clone(), c.clone(), s).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(at(1.0), vec![3.0, -1.0]);
         assert_eq!(at(0.0), vec![1.0, 2.0]);
         assert_eq!(at(5.0), vec![11.0, -13.0]);

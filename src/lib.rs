@@ -20,8 +20,6 @@ pub mod guidance;
 pub mod image_ops;
 pub mod mnist;
 pub mod named;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod plot;
 pub mod rng;
 mod simd;
 #[cfg(target_arch = "wasm32")]

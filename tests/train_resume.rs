@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
-use diffusion_playground::mnist::train::{read_checkpoint, train, Recipe, RunOptions, TrainConfig};
+use diffusion_playground::mnist::train::{read_checkpoint, train, LrSchedule, Recipe, RunOptions, TrainConfig};
 use diffusion_playground::mnist::package::unet_from_bytes;
 use diffusion_playground::mnist::PIXELS;
 use diffusion_playground::rng::Rng;
@@ -26,7 +26,7 @@ fn opts<'a>(dir: &Path, data: &Path, resume: bool, stop: &'a AtomicBool, max_ste
         figure_epochs: vec![],
         checkpoint_minutes: 1e9,
         stop,
-        progress_bar: false,
+        events: &|_| Ok(()),
         max_steps,
     }
 }
@@ -85,14 +85,14 @@ fn refuses_to_overwrite_and_to_resume_with_other_settings() {
     let run = tmp("guard");
     train(config(), &device, &opts(&run, &data, false, &stop, Some(1))).unwrap();
     let err = train(config(), &device, &opts(&run, &data, false, &stop, None)).err().unwrap().to_string();
-    assert!(err.contains("--resume"), "{err}");
+    assert!(err.contains("`resume`"), "{err}");
     let other = TrainConfig { lr: 0.5, ..config() };
     let err = train(other, &device, &opts(&run, &data, true, &stop, None)).err().unwrap().to_string();
     assert!(err.contains("different settings"), "{err}");
     // More epochs with the default decay (which follows the epoch count): say which flag keeps the run's.
-    let longer = TrainConfig { epochs: 3, gamma: Some(0.1f64.powf(1.0 / 3.0)), ..config() };
+    let longer = TrainConfig { epochs: 3, schedule: LrSchedule::tenfold_over(3), ..config() };
     let err = train(longer, &device, &opts(&run, &data, true, &stop, None)).err().unwrap().to_string();
-    assert!(err.contains("--gamma 0.79"), "{err}");
+    assert!(err.contains("`gamma` 0.79"), "{err}");
 }
 
 #[test]

@@ -19,6 +19,10 @@ mod heap;
 #[cfg(not(target_arch = "wasm32"))]
 mod models;
 #[cfg(not(target_arch = "wasm32"))]
+mod plot;
+#[cfg(not(target_arch = "wasm32"))]
+mod progress;
+#[cfg(not(target_arch = "wasm32"))]
 mod stop;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -49,9 +53,24 @@ fn main() {
                 std::process::exit(130);
             }
             e => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", as_flags(&e.to_string()));
                 std::process::exit(1);
             }
         }
     }
+}
+
+/// The library names its settings as `field`; here each is the flag that sets it (`weight_decay`
+/// -> --weight-decay). Other quoted text (commands to run) stays as it is.
+#[cfg(not(target_arch = "wasm32"))]
+fn as_flags(message: &str) -> String {
+    const SETTINGS: [&str; 18] = [
+        "adam_eps", "batch", "compute", "data", "dataset", "device", "epochs", "gamma", "grad_clip", "hidden", "limit", "lr", "micro_batch", "out", "p_uncond",
+        "resume", "sigma", "weight_decay",
+    ];
+    let mut out = message.to_string();
+    for field in SETTINGS {
+        out = out.replace(&format!("`{field}`"), &format!("--{}", field.replace('_', "-")));
+    }
+    out
 }

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::image_ops::write_atomic;
-use crate::{Error, Result};
+use diffusion_playground::image_ops::write_atomic;
+use diffusion_playground::{Error, Result};
 
 const FONT_PATHS: [&str; 2] = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
 
