@@ -2,11 +2,11 @@
 //! `tests/reference/mnist_reference.py`, so its state dict loads with no renaming.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use burn::nn::conv::{Conv2dConfig, ConvTranspose2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use crate::activation::gelu;
-use crate::conv::{conv2d, conv2d_bn_gelu, conv_transpose2d_bn_gelu};
+use crate::conv::{Conv2d, ConvTranspose2d};
 
 use crate::mnist::CLASSES;
 
@@ -56,7 +56,8 @@ impl Conv {
         let conv = Conv2dConfig::new([cin, cout], [3, 3])
             .with_stride([stride, stride])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .init(device);
+            .init(device)
+            .into();
         Self { conv, bn: bn(cout, device) }
     }
 
@@ -71,7 +72,7 @@ impl Conv {
     /// # Shapes
     /// `xs`: `[B, c_i, H, W]` with `Σ c_i = cin` -> `[B, cout, H/stride, W/stride]`
     pub fn forward_cat(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
-        conv2d_bn_gelu(&self.conv, &self.bn, xs)
+        self.conv.forward_bn_gelu(&self.bn, xs)
     }
 }
 
@@ -88,7 +89,8 @@ impl ConvUp {
         let conv = ConvTranspose2dConfig::new([cin, cout], [kernel, kernel])
             .with_stride([stride, stride])
             .with_padding([padding, padding])
-            .init(device);
+            .init(device)
+            .into();
         Self { conv, bn: bn(cout, device) }
     }
 
@@ -103,7 +105,7 @@ impl ConvUp {
     /// # Shapes
     /// `xs`: `[B, c_i, H, W]` with `Σ c_i = cin` -> as `forward`
     pub fn forward_cat(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
-        conv_transpose2d_bn_gelu(&self.conv, &self.bn, xs)
+        self.conv.forward_bn_gelu(&self.bn, xs)
     }
 }
 
@@ -232,7 +234,8 @@ impl UNetConfig {
             d1: ConvBlock::new(2 * d, d, device),
             out: Conv2dConfig::new([d, self.in_channels], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(device),
+                .init(device)
+                .into(),
             fc1_t: time.then(|| FCBlock::new(1, 2 * d, device)),
             fc2_t: time.then(|| FCBlock::new(1, d, device)),
             fc1_c: class.then(|| FCBlock::new(CLASSES, 2 * d, device)),
@@ -282,7 +285,7 @@ impl UNet {
             };
         }
         let u2 = self.u2.forward_cat(vec![e2, u1]); // cat -> [B, 2D, 14, 14] -> [B, D, 28, 28]
-        conv2d(&self.out, self.d1.forward_cat(vec![e1, u2])) // cat -> [B, 2D, 28, 28] -> [B, 1, 28, 28]
+        self.out.forward(self.d1.forward_cat(vec![e1, u2])) // cat -> [B, 2D, 28, 28] -> [B, 1, 28, 28]
     }
 }
 

@@ -7,12 +7,11 @@ mod embeddings;
 mod resnet;
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use crate::activation::gelu;
-use crate::conv::conv2d;
+use crate::conv::Conv2d;
 
 pub use attention::Attention;
 pub use embeddings::{timestep_features, AttentionPooling, TextTimeEmbedding, TimestepEmbedding};
@@ -212,7 +211,7 @@ impl IfUNet {
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, text: Tensor<3>) -> Tensor<4> {
         let temb = self.embed(t, text.clone());
         let text = self.encoder_hid_proj.forward(text);
-        let mut x = conv2d(&self.conv_in, x);
+        let mut x = self.conv_in.forward(x);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             let (y, s) = block.forward(x, &temb, &text);
@@ -223,7 +222,7 @@ impl IfUNet {
         for block in &self.up_blocks {
             x = block.forward(x, &mut skips, &temb, &text);
         }
-        conv2d(&self.conv_out, act(self.config.act, self.conv_norm_out.forward(x)))
+        self.conv_out.forward(act(self.config.act, self.conv_norm_out.forward(x)))
     }
 
     /// Checked `forward`.

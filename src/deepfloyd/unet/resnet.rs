@@ -2,10 +2,10 @@
 //! GroupNorm, optional 2x resampling inside the block (average pool down, nearest up).
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2dConfig;
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use crate::conv::conv2d;
+use crate::conv::Conv2d;
 
 use super::act;
 use crate::deepfloyd::config::{Act, IfConfig};
@@ -36,7 +36,7 @@ pub struct ResnetBlock2D {
 }
 
 pub fn conv3(cin: usize, cout: usize, device: &Device) -> Conv2d {
-    Conv2dConfig::new([cin, cout], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device)
+    Conv2dConfig::new([cin, cout], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device).into()
 }
 
 pub fn group_norm(groups: usize, channels: usize, eps: f64, device: &Device) -> GroupNorm {
@@ -51,7 +51,7 @@ impl ResnetBlock2D {
             time_emb_proj: LinearConfig::new(cfg.time_embed_dim(), 2 * cout).init(device),
             norm2: group_norm(cfg.groups, cout, cfg.eps, device),
             conv2: conv3(cout, cout, device),
-            conv_shortcut: (cin != cout).then(|| Conv2dConfig::new([cin, cout], [1, 1]).init(device)),
+            conv_shortcut: (cin != cout).then(|| Conv2dConfig::new([cin, cout], [1, 1]).init(device).into()),
             act: cfg.act,
             skip_time_act: cfg.skip_time_act,
             output_scale,
@@ -72,7 +72,7 @@ impl ResnetBlock2D {
     pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
         let h = act(self.act, self.norm1.forward(x.clone()));
         let (x, h) = (self.resample(x), self.resample(h));
-        let h = conv2d(&self.conv1, h);
+        let h = self.conv1.forward(h);
         let temb = if self.skip_time_act { temb } else { act(self.act, temb) };
         let temb = self.time_emb_proj.forward(temb); // [B, 2 cout]
         let [b, c2] = temb.dims();
@@ -80,9 +80,9 @@ impl ResnetBlock2D {
         let scale = temb.clone().slice([0..b, 0..c]).reshape([b, c, 1, 1]);
         let shift = temb.slice([0..b, c..c2]).reshape([b, c, 1, 1]);
         let h = self.norm2.forward(h) * (scale + 1.0) + shift;
-        let h = conv2d(&self.conv2, act(self.act, h));
+        let h = self.conv2.forward(act(self.act, h));
         let x = match &self.conv_shortcut {
-            Some(conv) => conv2d(conv, x),
+            Some(conv) => conv.forward(x),
             None => x,
         };
         let out = x + h;

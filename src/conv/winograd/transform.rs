@@ -23,8 +23,8 @@ pub(super) fn weights_into(w: &[f32], cout: usize, cin: usize, ci0: usize, u: &m
     // G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]] applied to three values.
     let g3 = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
     // Output channels in blocks of 16, transformed into a local [16][16] and written out as one
-    // cache line per element (scattered single-value stores cost 17% of an IF-I-M step on the
-    // CPU), while the block's filter rows are read in order.
+    // cache line per element (scattered single-value stores were slow), while the block's
+    // filter rows are read in order.
     const BLOCK: usize = 16;
     let mut block = [[0f32; BLOCK]; ELEMS];
     let channels = u.len() / (ELEMS * cout);
@@ -76,9 +76,8 @@ pub(super) fn split_plane(src: &[f32], w: usize, (pt, pl): (usize, usize), half:
 
 /// Tile columns per tile row in the transformed layouts: `tw + 1`, one more than there are
 /// tiles. The extra (junk) column lets each transform run as a few long loops over the whole
-/// plane instead of many loops as short as a row of tiles (7 at 14x14), which is what made the
-/// transforms a fifth of a sampling step; the gemms carry the junk columns along (1/tw more
-/// work) and the output transform skips them.
+/// plane instead of many loops as short as a row of tiles; the gemms carry the junk columns
+/// along (1/tw more work) and the output transform skips them.
 pub(super) fn row_pitch(tw: usize) -> usize {
     tw + 1
 }
