@@ -1,5 +1,6 @@
 //! The one place a backend is chosen. Model code only ever sees a `burn::tensor::Device`.
 
+use crate::artifact::Dtype;
 use crate::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 use burn::tensor::Device;
@@ -28,7 +29,6 @@ impl std::str::FromStr for DeviceChoice {
 }
 
 crate::named!(DeviceChoice { Cpu => "cpu", Wgpu => "wgpu", Cuda => "cuda" });
-crate::named!(Compute { F32 => "f32", F16 => "f16" });
 
 impl std::fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,28 +36,20 @@ impl std::fmt::Display for DeviceChoice {
     }
 }
 
-/// The float type a device computes in (`--compute`). Weights stored in another type are cast
-/// on load (see the IF weight adapter).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Compute {
-    #[default]
-    F32,
-    /// Half precision: half the memory traffic, on hardware with fast f16 (GPUs); on the CPU
-    /// it is emulated and slower. IF only: see tests/deepfloyd_f16.rs for its error.
-    F16,
-}
-
-impl std::fmt::Display for Compute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(crate::named::Named::name(*self))
-    }
-}
+/// The float types a device computes in (`--compute`): f32, or f16 (half the memory traffic, on
+/// hardware with fast f16, GPUs; on the CPU it is emulated and slower; IF only, see
+/// tests/deepfloyd_f16.rs for its error). Weights stored in another type are cast on load (see
+/// the IF weight adapter).
+pub const COMPUTE_DTYPES: [Dtype; 2] = [Dtype::F32, Dtype::F16];
 
 /// Builds the device for a choice and fixes the float type it computes in. Native only: in the
 /// browser the page initialises WebGPU asynchronously (see the web bindings). burn locks a device's
 /// float type at its first tensor, so it is set here, before anything is made on it.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn init_with(choice: DeviceChoice, compute: Compute) -> Result<Device> {
+pub fn init_with(choice: DeviceChoice, compute: Dtype) -> Result<Device> {
+    if !COMPUTE_DTYPES.contains(&compute) {
+        return Err(Error::Invalid(format!("`compute` {compute}: a device computes in f32 or f16")));
+    }
     match choice {
         DeviceChoice::Cpu => configure(Device::flex(), choice, compute),
         DeviceChoice::Wgpu => {
@@ -74,7 +66,7 @@ pub fn init_with(choice: DeviceChoice, compute: Compute) -> Result<Device> {
                     "no wgpu adapter could be opened{} (no GPU driver, or no Vulkan/Metal/DX12 \
                      implementation installed; on Linux without a GPU install mesa-vulkan-drivers); \
                      use `device` cpu",
-                    if compute == Compute::F16 { " for f16 compute (try `compute` f32)" } else { "" }
+                    if compute == Dtype::F16 { " for f16 compute (try `compute` f32)" } else { "" }
                 ))
             })?
         }
@@ -84,8 +76,8 @@ pub fn init_with(choice: DeviceChoice, compute: Compute) -> Result<Device> {
 
 /// Sets the float type before the device's first tensor (afterwards burn refuses).
 #[cfg(not(target_arch = "wasm32"))]
-fn configure(mut device: Device, choice: DeviceChoice, compute: Compute) -> Result<Device> {
-    if compute == Compute::F16 {
+fn configure(mut device: Device, choice: DeviceChoice, compute: Dtype) -> Result<Device> {
+    if compute == Dtype::F16 {
         device
             .configure(burn::tensor::FloatDType::F16)
             .map_err(|e| Error::Device(format!("`device` {choice} cannot compute in f16 ({e:?}); use `compute` f32")))?;
@@ -94,7 +86,7 @@ fn configure(mut device: Device, choice: DeviceChoice, compute: Compute) -> Resu
 }
 
 #[cfg(all(not(target_arch = "wasm32"), feature = "cuda"))]
-fn cuda(compute: Compute) -> Result<Device> {
+fn cuda(compute: Dtype) -> Result<Device> {
     std::panic::catch_unwind(|| {
         let device = configure(Device::cuda(0), DeviceChoice::Cuda, compute)?;
         let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
@@ -104,7 +96,7 @@ fn cuda(compute: Compute) -> Result<Device> {
 }
 
 #[cfg(all(not(target_arch = "wasm32"), not(feature = "cuda")))]
-fn cuda(_: Compute) -> Result<Device> {
+fn cuda(_: Dtype) -> Result<Device> {
     Err(Error::Device(
         "this build has no CUDA backend: rebuild with `cargo build --release --features cuda`, or use `device` wgpu|cpu".into(),
     ))

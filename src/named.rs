@@ -41,10 +41,8 @@ mod tests {
         }
         check::<crate::mnist::flow::Solver>();
         check::<crate::mnist::data::DatasetKind>();
-        check::<crate::mnist::package::StoredFloat>();
-        check::<crate::deepfloyd::package::Scheme>();
+        check::<crate::artifact::Dtype>();
         check::<crate::device::DeviceChoice>();
-        check::<crate::device::Compute>();
         #[cfg(not(target_arch = "wasm32"))]
         check::<crate::mnist::train::Recipe>();
     }

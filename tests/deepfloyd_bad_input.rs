@@ -263,7 +263,7 @@ fn non_finite_weights_are_refused_by_name() {
         let e = load_err(&d);
         assert!(e.contains(name) && e.contains(&bad.to_string()), "{e}");
         let out = common::tmp(&format!("nan-pkg-{bad}"));
-        let e = diffusion_playground::deepfloyd::weights::convert_dir(&d, &out, diffusion_playground::deepfloyd::package::Scheme::Q8, |_, _| true).err().unwrap().to_string();
+        let e = diffusion_playground::deepfloyd::weights::convert_dir(&d, &out, diffusion_playground::artifact::Dtype::Q8, |_, _| true).err().unwrap().to_string();
         assert!(e.contains(name), "{e}");
     }
 }
@@ -276,7 +276,7 @@ fn a_shape_that_overflows_is_refused() {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend(header.as_bytes());
     bytes.extend([0u8; 16]);
-    let e = diffusion_playground::deepfloyd::weights::parse_header(&bytes, bytes.len() as u64, "big.safetensors").unwrap_err().to_string();
+    let e = diffusion_playground::artifact::safetensors::read_header(&bytes, bytes.len() as u64, "big.safetensors").unwrap_err().to_string();
     assert!(e.contains("big.safetensors") && e.contains("more elements"), "{e}");
 }
 

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use diffusion_playground::device::{init_with, Compute, DeviceChoice};
+use diffusion_playground::artifact::Dtype;
+use diffusion_playground::device::{init_with, DeviceChoice};
 use diffusion_playground::deepfloyd::weights::load_unet_dir;
 use safetensors::SafeTensors;
 
@@ -28,7 +29,7 @@ fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 #[test]
 fn f16_compute_tracks_diffusers_f32() {
     // As `dp --compute f16` makes it.
-    let device = init_with(DeviceChoice::Cpu, Compute::F16).expect("flex computes in f16");
+    let device = init_with(DeviceChoice::Cpu, Dtype::F16).expect("flex computes in f16");
     for name in ["tiny_m", "tiny_xl"] {
         let model = load_unet_dir(&dir(name).join("unet"), &device).unwrap_or_else(|e| panic!("{name}: {e}"));
         let io = std::fs::read(dir(name).join("io.safetensors")).unwrap();

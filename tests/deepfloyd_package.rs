@@ -11,7 +11,8 @@ mod common;
 use std::path::Path;
 
 use burn::prelude::*;
-use diffusion_playground::deepfloyd::package::{PackageManifest, Scheme};
+use diffusion_playground::artifact::Dtype;
+use diffusion_playground::deepfloyd::package::PackageManifest;
 use diffusion_playground::deepfloyd::weights::{convert_dir, load_package_dir, load_unet_dir};
 use safetensors::SafeTensors;
 
@@ -34,7 +35,7 @@ fn quantized_packages_load_and_stay_close() {
         let run = |m: &diffusion_playground::deepfloyd::unet::IfUNet| m.forward(io(name, "sample", &device), io(name, "timesteps", &device), io(name, "encoder_hidden_states", &device));
         let want = run(&reference);
         let scale: f32 = want.clone().abs().max().into_scalar();
-        for (scheme, bound) in [(Scheme::F16, 1e-2), (Scheme::Q8, 5e-2), (Scheme::Q4, 0.5)] {
+        for (scheme, bound) in [(Dtype::F16, 1e-2), (Dtype::Q8, 5e-2), (Dtype::Q4, 0.5)] {
             let out = common::tmp(&format!("pkg-{name}-{scheme:?}"));
             let m = convert_dir(&unet, &out, scheme, |_, _| true).unwrap();
             let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
@@ -51,7 +52,7 @@ fn corrupt_or_incomplete_packages_are_refused() {
     let device = Device::flex();
     let unet = Path::new(FIX).join("tiny_m/unet");
     let out = common::tmp("pkg-bad");
-    convert_dir(&unet, &out, Scheme::Q8, |_, _| true).unwrap();
+    convert_dir(&unet, &out, Dtype::Q8, |_, _| true).unwrap();
     let shard = out.join("shard-00001.bin");
     let good = std::fs::read(&shard).unwrap();
     let mut bad = good.clone();
@@ -85,7 +86,7 @@ fn hostile_manifests_are_refused_before_reading() {
     let unet = Path::new(FIX).join("tiny_m").join("unet");
     let root = common::tmp("pkg-hostile");
     let out = root.join("pkg");
-    convert_dir(&unet, &out, Scheme::Q8, |_, _| true).unwrap();
+    convert_dir(&unet, &out, Dtype::Q8, |_, _| true).unwrap();
     let good = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     std::fs::write(root.join("secret.bin"), b"not yours").unwrap();
     let edit = |f: &dyn Fn(&mut serde_json::Value)| {
@@ -130,8 +131,8 @@ fn hostile_manifests_are_refused_before_reading() {
 fn a_package_with_a_nan_scale_is_refused() {
     let unet = Path::new(FIX).join("tiny_m").join("unet");
     let out = common::tmp("pkg-nan");
-    let m = convert_dir(&unet, &out, Scheme::Q8, |_, _| true).unwrap();
-    let t = m.tensors.iter().find(|t| t.dtype == diffusion_playground::deepfloyd::package::Stored::Q8).unwrap();
+    let m = convert_dir(&unet, &out, Dtype::Q8, |_, _| true).unwrap();
+    let t = m.tensors.iter().find(|t| t.dtype == Dtype::Q8).unwrap();
     let p = &t.pieces[0];
     let shard = out.join(&m.shards[p.shard].file);
     let mut bytes = std::fs::read(&shard).unwrap();
@@ -151,7 +152,7 @@ fn a_package_with_a_nan_scale_is_refused() {
 fn a_stopped_conversion_leaves_no_package() {
     let unet = Path::new(FIX).join("tiny_m").join("unet");
     let out = common::tmp("pkg-stopped");
-    let e = convert_dir(&unet, &out, Scheme::Q8, |done, _| done < 3).err().unwrap();
+    let e = convert_dir(&unet, &out, Dtype::Q8, |done, _| done < 3).err().unwrap();
     assert!(matches!(e, diffusion_playground::Error::Interrupted), "{e}");
     let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     assert!(!names.iter().any(|n| n == "manifest.json" || n.ends_with(".tmp")), "{names:?}");

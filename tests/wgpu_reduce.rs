@@ -21,7 +21,8 @@
 //! further.
 
 use burn::prelude::*;
-use diffusion_playground::device::{init_with, Compute, DeviceChoice};
+use diffusion_playground::artifact::Dtype;
+use diffusion_playground::device::{init_with, DeviceChoice};
 use diffusion_playground::rng::Rng;
 
 fn max_rel_err(n: usize, cpu: &Device, gpu: &Device) -> f32 {
@@ -37,8 +38,8 @@ fn max_rel_err(n: usize, cpu: &Device, gpu: &Device) -> f32 {
 #[test]
 #[ignore = "needs a wgpu adapter"]
 fn gpu_sums_are_right_up_to_the_limit() {
-    let cpu = init_with(DeviceChoice::Cpu, Compute::F32).unwrap();
-    let gpu = init_with(DeviceChoice::Wgpu, Compute::F32).expect("a wgpu adapter");
+    let cpu = init_with(DeviceChoice::Cpu, Dtype::F32).unwrap();
+    let gpu = init_with(DeviceChoice::Wgpu, Dtype::F32).expect("a wgpu adapter");
     for n in [50_176, 65_072, 65_504] {
         let e = max_rel_err(n, &cpu, &gpu);
         println!("[8, {n}]: max error {e:.2e} x sqrt(n)");
@@ -53,8 +54,8 @@ fn gpu_sums_are_right_up_to_the_limit() {
 #[test]
 #[ignore = "needs a wgpu adapter"]
 fn gpu_whole_means() {
-    let cpu = init_with(DeviceChoice::Cpu, Compute::F32).unwrap();
-    let gpu = init_with(DeviceChoice::Wgpu, Compute::F32).expect("a wgpu adapter");
+    let cpu = init_with(DeviceChoice::Cpu, Dtype::F32).unwrap();
+    let gpu = init_with(DeviceChoice::Wgpu, Dtype::F32).expect("a wgpu adapter");
     for n in [50_176usize, 200_704, 262_144, 262_145, 400_000, 524_288, 1 << 20] {
         let data: Vec<f32> = Rng::new(4).normal_vec(n).into_iter().map(|v| v * v).collect();
         let m = |d: &Device| -> f32 { Tensor::<1>::from_data(TensorData::new(data.clone(), [n]), d).mean().into_scalar() };
@@ -73,8 +74,8 @@ fn gpu_ops_against_cpu() {
     use burn::tensor::activation::gelu;
     use diffusion_playground::mnist::package::{module_to_bytes, unet_from_bytes};
     use diffusion_playground::mnist::unet::{Conditioning, UNetConfig};
-    let cpu = init_with(DeviceChoice::Cpu, Compute::F32).unwrap();
-    let gpu = init_with(DeviceChoice::Wgpu, Compute::F32).expect("a wgpu adapter");
+    let cpu = init_with(DeviceChoice::Cpu, Dtype::F32).unwrap();
+    let gpu = init_with(DeviceChoice::Wgpu, Dtype::F32).expect("a wgpu adapter");
     let report = |name: &str, a: Vec<f32>, b: Vec<f32>| {
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
         let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);

@@ -3,27 +3,24 @@
 //! for classifier-free guidance. (T5-XXL itself is 4.7B parameters and not run here.)
 //! On the desktop the course's own file, a `torch.save`d dict {prompt: tensor}, is read too.
 
-use std::collections::BTreeMap;
-
 use burn::prelude::*;
 
-use super::weights::{floats, parse_header, TensorInfo};
+use crate::artifact::safetensors::{read_header, Header};
 use crate::{Error, Result};
 
 pub struct PromptEmbeddings {
     bytes: Vec<u8>,
-    data_start: usize,
-    tensors: BTreeMap<String, TensorInfo>,
+    header: Header,
     source: String,
 }
 
 impl PromptEmbeddings {
     pub fn from_bytes(bytes: Vec<u8>, source: &str) -> Result<Self> {
-        let (n, tensors) = parse_header(&bytes, bytes.len() as u64, source)?;
-        if tensors.is_empty() {
+        let header = read_header(&bytes, bytes.len() as u64, source)?;
+        if header.tensors.is_empty() {
             return Err(Error::format(source, "holds no embeddings"));
         }
-        Ok(PromptEmbeddings { bytes, data_start: 8 + n, tensors, source: source.to_string() })
+        Ok(PromptEmbeddings { bytes, header, source: source.to_string() })
     }
 
     /// A safetensors file, or a `torch.save`d dict of tensors (`.pth`, told apart by content).
@@ -70,12 +67,12 @@ impl PromptEmbeddings {
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(|s| s.as_str())
+        self.header.tensors.keys().map(|s| s.as_str())
     }
 
     /// The embedding of `prompt` as `[1, tokens, width]`, checked against the model's `width`.
     pub fn get(&self, prompt: &str, width: usize, device: &Device) -> Result<Tensor<3>> {
-        let info = self.tensors.get(prompt).ok_or_else(|| {
+        let info = self.header.tensors.get(prompt).ok_or_else(|| {
             let mut known: Vec<&str> = self.names().take(12).collect();
             known.iter_mut().for_each(|s| if s.is_empty() { *s = "\"\" (null)" });
             Error::format(&self.source, format!("has no embedding for the prompt {prompt:?}; it holds: {}", known.join(" | ")))
@@ -87,9 +84,7 @@ impl PromptEmbeddings {
         if w != width || tokens == 0 {
             return Err(Error::format(&self.source, format!("embedding {prompt:?} is [{tokens}, {w}] but the model takes {width}-wide tokens (T5-XXL: [77, 4096])")));
         }
-        let [a, b] = info.data_offsets;
-        let raw = &self.bytes[self.data_start + a as usize..self.data_start + b as usize];
-        let v = floats(&info.dtype, raw);
+        let v = info.dtype.decode(&self.bytes[self.header.range(info)], info.len()).map_err(|e| Error::format(&self.source, format!("embedding {prompt:?}: {e}")))?;
         if v.iter().any(|x| !x.is_finite()) {
             return Err(Error::format(&self.source, format!("embedding {prompt:?} holds NaN or infinite values")));
         }

@@ -16,109 +16,21 @@ use serde::Deserialize;
 
 use super::config::IfConfig;
 use super::unet::{parameter_shapes, IfUNet};
+use crate::artifact::safetensors::{self, read_header, TensorInfo};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::artifact::safetensors::read_header_file;
 use crate::{Error, Result};
-
-/// One tensor as a safetensors header describes it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct TensorInfo {
-    pub dtype: String,
-    pub shape: Vec<usize>,
-    pub data_offsets: [u64; 2],
-}
-
-/// Parses a safetensors header and checks that every tensor lies inside `file_len` bytes and has
-/// as many bytes as its dtype and shape need. `header` holds at least the file's first bytes.
-pub fn parse_header(bytes: &[u8], file_len: u64, source: &str) -> Result<(usize, BTreeMap<String, TensorInfo>)> {
-    let err = |m: String| Error::format(source, m);
-    if bytes.len() < 8 {
-        return Err(err(format!("is {} bytes long: not a safetensors file", bytes.len())));
-    }
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-    if n > 100_000_000 || 8 + n > file_len {
-        return Err(err(format!("header length {n} does not fit in a {file_len}-byte file: not safetensors, or truncated")));
-    }
-    let n = n as usize;
-    if bytes.len() < 8 + n {
-        return Err(err("header is cut short: the file is truncated".into()));
-    }
-    let raw: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| err(format!("header is not valid JSON ({e}): not a safetensors file")))?;
-    let data_len = file_len - 8 - n as u64;
-    let mut tensors = BTreeMap::new();
-    for (name, v) in raw {
-        if name == "__metadata__" {
-            continue;
-        }
-        let info: TensorInfo = serde_json::from_value(v).map_err(|e| err(format!("tensor {name}: bad header entry ({e})")))?;
-        let width: u64 = match info.dtype.as_str() {
-            "F32" => 4,
-            "F16" | "BF16" => 2,
-            other => return Err(err(format!("tensor {name} has dtype {other}; only F32, F16 and BF16 weights are supported"))),
-        };
-        let [a, b] = info.data_offsets;
-        let need = info.shape.iter().try_fold(width, |acc, &d| acc.checked_mul(d as u64));
-        let Some(need) = need else {
-            return Err(err(format!("tensor {name}: shape {:?} has more elements than can exist (corrupt header)", info.shape)));
-        };
-        if b < a || b - a != need {
-            return Err(err(format!("tensor {name}: {} bytes for shape {:?} {} (corrupt header)", b.saturating_sub(a), info.shape, info.dtype)));
-        }
-        if b > data_len {
-            return Err(err(format!("tensor {name} ends at byte {b} of a {data_len}-byte data section: the file is truncated")));
-        }
-        tensors.insert(name, info);
-    }
-    Ok((n, tensors))
-}
-
-/// A safetensors tensor's little-endian F32, F16 or BF16 bytes as f32 (dtypes checked by
-/// [`parse_header`]).
-pub fn floats(dtype: &str, raw: &[u8]) -> Vec<f32> {
-    use crate::artifact::StoredFloat;
-    match dtype {
-        "F32" => StoredFloat::F32,
-        "F16" => StoredFloat::F16,
-        _ => StoredFloat::Bf16,
-    }
-    .decode(raw)
-}
 
 /// Every tensor of a safetensors file checked for NaN and infinity, read one at a time.
 #[cfg(not(target_arch = "wasm32"))]
 fn check_finite_file(path: &std::path::Path) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let (n, tensors) = read_header_file_at(path)?;
+    let header = read_header_file(path)?;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut raw = Vec::new();
-    for (name, info) in &tensors {
-        f.seek(SeekFrom::Start(8 + n as u64 + info.data_offsets[0])).map_err(|e| Error::io(path, e))?;
-        raw.resize((info.data_offsets[1] - info.data_offsets[0]) as usize, 0);
-        f.read_exact(&mut raw).map_err(|e| Error::io(path, format!("reading {name}: {e}")))?;
-        crate::artifact::check_finite(name, &floats(&info.dtype, &raw), &path.display().to_string())?;
+    for (name, info) in &header.tensors {
+        let values = safetensors::read_tensor(&mut f, &header, info, path, name)?;
+        crate::artifact::check_finite(name, &values, &path.display().to_string())?;
     }
     Ok(())
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-fn read_header_file(path: &std::path::Path) -> Result<BTreeMap<String, TensorInfo>> {
-    Ok(read_header_file_at(path)?.1)
-}
-
-/// The header length and tensors of a safetensors file, reading only its header.
-#[cfg(not(target_arch = "wasm32"))]
-fn read_header_file_at(path: &std::path::Path) -> Result<(usize, BTreeMap<String, TensorInfo>)> {
-    use std::io::Read;
-    let source = path.display().to_string();
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut head = vec![0u8; 8];
-    f.read_exact(&mut head).map_err(|_| Error::format(path, format!("is {len} bytes long: not a safetensors file")))?;
-    let n = u64::from_le_bytes(head[..8].try_into().unwrap());
-    if n <= 100_000_000 && 8 + n <= len {
-        head.resize(8 + n as usize, 0);
-        f.read_exact(&mut head[8..]).map_err(|e| Error::io(path, e))?;
-    }
-    parse_header(&head, len, &source)
 }
 
 /// The weight files of a diffusers `unet/` folder, in load order.
@@ -219,7 +131,7 @@ pub fn load_unet_dir(dir: &std::path::Path, device: &Device) -> Result<IfUNet> {
     let files = weight_files(dir)?;
     let mut stored = BTreeMap::new();
     for f in &files {
-        for (k, info) in read_header_file(f)? {
+        for (k, info) in read_header_file(f)?.tensors {
             stored.insert(k, (info, f.file_name().unwrap().to_string_lossy().to_string()));
         }
     }
@@ -241,12 +153,12 @@ pub fn load_unet_bytes(config_json: &str, files: Vec<(String, Vec<u8>)>, device:
     let cfg = IfConfig::from_json(config_json, "config.json")?;
     let mut stored = BTreeMap::new();
     for (name, bytes) in &files {
-        let (n, tensors) = parse_header(bytes, bytes.len() as u64, name)?;
-        for (k, info) in tensors {
-            let [a, b] = info.data_offsets;
-            crate::artifact::check_finite(&k, &floats(&info.dtype, &bytes[8 + n + a as usize..8 + n + b as usize]), name)?;
-            stored.insert(k, (info, name.clone()));
+        let header = read_header(bytes, bytes.len() as u64, name)?;
+        for (k, info) in &header.tensors {
+            let values = info.dtype.decode(&bytes[header.range(info)], info.len()).map_err(|e| Error::format(name, format!("tensor {k}: {e}")))?;
+            crate::artifact::check_finite(k, &values, name)?;
         }
+        stored.extend(header.tensors.into_iter().map(|(k, info)| (k, (info, name.clone()))));
     }
     check_keys(&cfg, &stored)?;
     let mut model = cfg.init(device);
@@ -283,20 +195,19 @@ fn burn_key(k: &str) -> String {
 /// so a package without one is an unfinished conversion). `progress(done, total)` is called
 /// after each tensor; returning false stops the conversion with `Error::Interrupted`.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: super::package::Scheme, mut progress: impl FnMut(usize, usize) -> bool) -> Result<super::package::PackageManifest> {
-    use std::io::{Read, Seek, SeekFrom};
+pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: crate::artifact::Dtype, mut progress: impl FnMut(usize, usize) -> bool) -> Result<super::package::PackageManifest> {
     let cfg_path = dir.join("config.json");
     let json = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let cfg = IfConfig::from_json(&json, &cfg_path.display().to_string())?;
     let mut stored = BTreeMap::new();
     let mut starts = BTreeMap::new();
     for f in weight_files(dir)? {
-        let (n, tensors) = read_header_file_at(&f)?;
+        let header = read_header_file(&f)?;
         let name = f.file_name().unwrap().to_string_lossy().to_string();
-        starts.insert(name.clone(), (f.clone(), 8 + n as u64));
-        for (k, info) in tensors {
-            stored.insert(k, (info, name.clone()));
+        for (k, info) in &header.tensors {
+            stored.insert(k.clone(), (info.clone(), name.clone()));
         }
+        starts.insert(name, (f, header));
     }
     check_keys(&cfg, &stored)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -305,12 +216,9 @@ pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: super::
     let shapes = parameter_shapes(&cfg);
     for (i, (name, shape)) in shapes.iter().enumerate() {
         let (info, file) = &stored[name];
-        let (path, start) = &starts[file];
+        let (path, header) = &starts[file];
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        f.seek(SeekFrom::Start(start + info.data_offsets[0])).map_err(|e| Error::io(path, e))?;
-        let mut raw = vec![0u8; (info.data_offsets[1] - info.data_offsets[0]) as usize];
-        f.read_exact(&mut raw).map_err(|e| Error::io(path, format!("reading {name}: {e}")))?;
-        let values = floats(&info.dtype, &raw);
+        let values = safetensors::read_tensor(&mut f, header, info, path, name)?;
         crate::artifact::check_finite(name, &values, &path.display().to_string())?;
         writer.add(name, shape, &values)?;
         if !progress(i + 1, shapes.len()) {
@@ -326,7 +234,7 @@ pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: super::
 pub fn load_package_bytes(manifest_json: &str, shards: &[Vec<u8>], device: &Device) -> Result<IfUNet> {
     let (m, _) = super::package::PackageManifest::parse(manifest_json, "manifest.json")?;
     let tensors = m.tensors_f32(shards)?;
-    load_unet_bytes(&m.config.to_string(), vec![("package".into(), super::package::to_safetensors(&tensors))], device)
+    load_unet_bytes(&m.config.to_string(), vec![("package".into(), safetensors::write_f32(&tensors)?)], device)
 }
 
 /// Loads a package folder written by [`convert_dir`].

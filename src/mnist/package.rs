@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::classifier::Classifier;
 use super::unet::{Conditioning, UNet, UNetConfig};
+use crate::artifact::Dtype;
 use crate::{Error, Result};
 
 /// What a packaged model is for.
@@ -35,9 +36,9 @@ pub struct Entry {
     pub hidden: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditioning: Option<Conditioning>,
-    /// How the file stores floats (older manifests: f32).
-    #[serde(default = "StoredFloat::f32")]
-    pub dtype: StoredFloat,
+    /// How the file stores floats, f32 or f16 (older manifests: f32).
+    #[serde(default = "f32_dtype")]
+    pub dtype: Dtype,
     pub file: String,
     pub bytes: u64,
     pub sha256: String,
@@ -60,6 +61,9 @@ impl Manifest {
         }
         for e in &m.models {
             crate::artifact::check_file_name(&e.file, source)?;
+            if !FLOAT_DTYPES.contains(&e.dtype) {
+                return Err(Error::format(source, format!("entry '{}' is stored as {}; model files hold f32 or f16", e.name, e.dtype)));
+            }
             if e.kind == ModelKind::Unet {
                 e.unet_config()?;
             }
@@ -105,28 +109,20 @@ pub fn module_to_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
     Ok(bytes.to_vec())
 }
 
-/// How a package stores its float tensors. f16 halves the page's download; the model still runs
-/// in f32 (weights are widened on load), and the error this adds is measured in README.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoredFloat {
-    F32,
-    F16,
-}
+/// The float types a model file may hold: f16 halves the page's download; the model still runs
+/// in f32 (weights are widened on load), and the error this adds is measured in docs/.
+pub const FLOAT_DTYPES: [Dtype; 2] = [Dtype::F32, Dtype::F16];
 
-crate::named!(StoredFloat { F32 => "f32", F16 => "f16" });
-
-impl StoredFloat {
-    fn f32() -> Self {
-        StoredFloat::F32
-    }
+fn f32_dtype() -> Dtype {
+    Dtype::F32
 }
 
 /// Serialises a module to burnpack bytes with its float tensors stored as `float`.
-pub fn module_to_bytes_as<M: Module>(module: &M, float: StoredFloat) -> Result<Vec<u8>> {
+pub fn module_to_bytes_as<M: Module>(module: &M, float: Dtype) -> Result<Vec<u8>> {
     let dtype = match float {
-        StoredFloat::F32 => return module_to_bytes(module.clone()),
-        StoredFloat::F16 => DType::F16,
+        Dtype::F32 => return module_to_bytes(module.clone()),
+        Dtype::F16 => DType::F16,
+        other => return Err(Error::Invalid(format!("a model file stores f32 or f16, not {other}"))),
     };
     let mut store = BurnpackStore::from_bytes(None).with_to_adapter(FloatCastAdapter::to(dtype));
     module.save_into(&mut store).map_err(|e| Error::Invalid(format!("could not serialise the model: {e}")))?;
@@ -170,16 +166,15 @@ fn check_finite(bytes: &[u8], source: &str) -> Result<()> {
     let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes.to_vec())));
     let tensors = store.get_all_tensors().map_err(|e| Error::format(source, format!("not a readable burnpack model file ({})", abridge(&e.to_string(), 300))))?;
     for (name, t) in tensors {
-        use crate::artifact::StoredFloat as F;
         let stored = match t.dtype {
-            DType::F32 => F::F32,
-            DType::F16 => F::F16,
-            DType::BF16 => F::Bf16,
-            DType::F64 => F::F64,
+            DType::F32 => Dtype::F32,
+            DType::F16 => Dtype::F16,
+            DType::BF16 => Dtype::Bf16,
+            DType::F64 => Dtype::F64,
             _ => continue,
         };
         let raw = t.to_bytes().map_err(|e| Error::format(source, format!("tensor {name}: {e:?}")))?;
-        crate::artifact::check_finite(name, &stored.decode(&raw), source)?;
+        crate::artifact::check_finite(name, &stored.decode_floats(&raw), source)?;
     }
     Ok(())
 }
@@ -221,8 +216,8 @@ mod tests {
         let device = Device::flex();
         let cfg = UNetConfig::new(8).with_conditioning(Conditioning::TimeClass);
         let m = cfg.init(&device).valid();
-        let f32_bytes = module_to_bytes_as(&m, StoredFloat::F32).unwrap();
-        let f16_bytes = module_to_bytes_as(&m, StoredFloat::F16).unwrap();
+        let f32_bytes = module_to_bytes_as(&m, Dtype::F32).unwrap();
+        let f16_bytes = module_to_bytes_as(&m, Dtype::F16).unwrap();
         // Same tensors, half the float bytes (the header and ints are not halved).
         assert!(f16_bytes.len() * 10 < f32_bytes.len() * 7, "{} vs {}", f16_bytes.len(), f32_bytes.len());
         assert!(!has_f16(&f32_bytes) && has_f16(&f16_bytes));
@@ -246,7 +241,7 @@ mod tests {
     fn truncated_f16_package_is_a_clear_error() {
         let device = Device::flex();
         let cfg = UNetConfig::new(8);
-        let bytes = module_to_bytes_as(&cfg.init(&device), StoredFloat::F16).unwrap();
+        let bytes = module_to_bytes_as(&cfg.init(&device), Dtype::F16).unwrap();
         let err = unet_from_bytes(&cfg, &bytes[..bytes.len() / 2], "half.bpk", &device).err().expect("must fail");
         assert!(err.to_string().contains("half.bpk"), "{err}");
         let wrong = UNetConfig::new(16);

@@ -88,3 +88,9 @@ pub fn choice<T: diffusion_playground::named::Named + Send + Sync>() -> impl cla
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new(T::ALL.iter().map(|v| v.name())).map(|s| T::from_name(&s).expect("clap only passes listed names"))
 }
+
+/// A flag naming one of `values` (a subset of a library choice: the dtypes a command takes).
+pub fn choice_of<T: diffusion_playground::named::Named + Send + Sync>(values: &'static [T]) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(values.iter().map(|v| v.name())).map(|s| T::from_name(&s).expect("clap only passes listed names"))
+}

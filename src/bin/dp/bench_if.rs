@@ -113,7 +113,8 @@ pub fn run(a: BenchIfArgs, device: &Device, device_name: &str) -> Result<()> {
 /// PyTorch initialises, so activations keep a realistic scale), run once as f32 and once from an
 /// in-memory package per scheme on the same inputs; prints max|out_q - out_f32| / max|out_f32|.
 fn quant_error(a: &BenchIfArgs, device: &Device) -> Result<()> {
-    use diffusion_playground::deepfloyd::package::{to_safetensors, PackageWriter, Scheme};
+    use diffusion_playground::artifact::safetensors::write_f32;
+    use diffusion_playground::deepfloyd::package::{PackageWriter, SCHEMES};
     use diffusion_playground::deepfloyd::unet::parameter_shapes;
     use diffusion_playground::deepfloyd::weights::{load_package_bytes, load_unet_bytes};
 
@@ -142,10 +143,10 @@ fn quant_error(a: &BenchIfArgs, device: &Device) -> Result<()> {
     let run = |model: diffusion_playground::deepfloyd::unet::IfUNet| -> Result<Vec<f32>> {
         model.forward(x.clone(), t.clone(), text.clone()).into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Device(format!("{e:?}")))
     };
-    let reference = run(load_unet_bytes(&json.to_string(), vec![("random".into(), to_safetensors(&tensors))], device)?)?;
+    let reference = run(load_unet_bytes(&json.to_string(), vec![("random".into(), write_f32(&tensors)?)], device)?)?;
     let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
     println!("f32 output: max |out| {scale:.3}");
-    for scheme in [Scheme::F16, Scheme::Q8, Scheme::Q4] {
+    for scheme in SCHEMES {
         let mut shards: Vec<Vec<u8>> = Vec::new();
         let mut writer = PackageWriter::new(json.clone(), scheme, |_: &str, bytes: &[u8]| {
             shards.push(bytes.to_vec());

@@ -13,7 +13,8 @@ use diffusion_playground::deepfloyd::scheduler::{strided_timesteps, DdpmSchedule
 use diffusion_playground::deepfloyd::unet::IfUNet;
 use diffusion_playground::deepfloyd::views::View;
 use diffusion_playground::deepfloyd::config::IfConfig;
-use diffusion_playground::deepfloyd::package::{package_bytes, Scheme};
+use diffusion_playground::artifact::Dtype;
+use diffusion_playground::deepfloyd::package::{package_bytes, SCHEMES};
 use diffusion_playground::deepfloyd::weights::{convert_dir, load_package_dir, load_unet_dir};
 use diffusion_playground::image_ops::{decode_mask_square, decode_rgb_square, gaussian_blur, rgb_image, rgb_row, save_rgb_png};
 use diffusion_playground::rng::Rng;
@@ -38,8 +39,8 @@ pub struct ConvertArgs {
     /// Output folder (manifest.json + shard-NNNNN.bin).
     #[arg(long, required_unless_present = "sizes")]
     out: Option<PathBuf>,
-    #[arg(long, default_value = "q8", value_parser = crate::args::choice::<Scheme>())]
-    scheme: Scheme,
+    #[arg(long, default_value = "q8", value_parser = crate::args::choice_of(&SCHEMES))]
+    scheme: Dtype,
     /// Print the package sizes of IF-I M, L and XL for every scheme instead of converting.
     #[arg(long)]
     sizes: bool,
@@ -55,9 +56,9 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
                 "IF-I-{v:<2} {:>14} {:>10} {:>10} {:>10} {:>10}  widths {:?}",
                 cfg.parameter_count(),
                 gb(cfg.parameter_count() * 4),
-                gb(package_bytes(&cfg, Scheme::F16)),
-                gb(package_bytes(&cfg, Scheme::Q8)),
-                gb(package_bytes(&cfg, Scheme::Q4)),
+                gb(package_bytes(&cfg, Dtype::F16)),
+                gb(package_bytes(&cfg, Dtype::Q8)),
+                gb(package_bytes(&cfg, Dtype::Q4)),
                 cfg.block_out_channels
             );
         }

@@ -3,12 +3,13 @@
 
 use burn::prelude::*;
 use clap::{Args, Parser, Subcommand};
-use diffusion_playground::device::{self, Compute, DeviceChoice};
+use diffusion_playground::artifact::Dtype;
+use diffusion_playground::device::{self, DeviceChoice, COMPUTE_DTYPES};
 use diffusion_playground::mnist::flow::Solver;
 use diffusion_playground::mnist::unet::Conditioning;
 use diffusion_playground::{Error, Result};
 
-use crate::args::{choice, count, guidance};
+use crate::args::{choice, choice_of, count, guidance};
 
 mod eval;
 mod figures;
@@ -23,8 +24,8 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "cpu", value_parser = choice::<DeviceChoice>())]
     pub device: DeviceChoice,
     /// Float type the device computes in (`if` and `bench-if` only; weights are cast on load).
-    #[arg(long, global = true, default_value = "f32", value_parser = choice::<Compute>())]
-    compute: Compute,
+    #[arg(long, global = true, default_value = "f32", value_parser = choice_of(&COMPUTE_DTYPES))]
+    compute: Dtype,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,7 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Command::Train(a) = &cli.command {
         train::check_gpu_batch(a, cli.device)?;
     }
-    if cli.compute != Compute::F32 && !matches!(cli.command, Command::If(_) | Command::BenchIf(_)) {
+    if cli.compute != Dtype::F32 && !matches!(cli.command, Command::If(_) | Command::BenchIf(_)) {
         return Err(Error::Invalid(format!(
             "--compute {} is for `dp if` and `dp bench-if`; the MNIST models train and sample in f32 (their f16 files are widened on load)",
             cli.compute

@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::prelude::*;
 use clap::Args;
+use diffusion_playground::artifact::Dtype;
 use diffusion_playground::image_ops::write_atomic;
 use diffusion_playground::mnist::package::{self, Entry, Manifest, ModelKind};
 use diffusion_playground::mnist::train;
 use diffusion_playground::{Error, Result};
 
-use crate::args::choice;
+use crate::args::choice_of;
 use crate::models;
 
 #[derive(Args)]
@@ -25,8 +26,8 @@ pub(super) struct PackageArgs {
     #[arg(long, default_value = "pkg")]
     pkg: PathBuf,
     /// How float tensors are stored: f16 halves the download, the page computes in f32 either way.
-    #[arg(long, default_value = "f16", value_parser = choice::<package::StoredFloat>())]
-    dtype: package::StoredFloat,
+    #[arg(long, default_value = "f16", value_parser = choice_of(&package::FLOAT_DTYPES))]
+    dtype: Dtype,
     /// Facts to record, KEY=VALUE (training command, wall time, metrics).
     #[arg(long = "note")]
     notes: Vec<String>,

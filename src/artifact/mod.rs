@@ -2,10 +2,17 @@
 //! manifest's folder, read no further than the size the manifest states, and checked by size and
 //! sha256 before anything parses it. Names are checked once, when a manifest is parsed
 //! ([`check_file_name`]); the readers check again, so a path built elsewhere cannot slip by.
+//! [`Dtype`] is every way a tensor is stored, [`safetensors`] the one reader and writer of that
+//! format.
 
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
+
+mod dtype;
+pub mod safetensors;
+
+pub use dtype::{Dtype, QUANT_BLOCK};
 
 /// Refuses a manifest's file name unless it is one plain file name: no separators, no `.` or
 /// `..`, not absolute, no drive letter, no control characters. The page builds URLs from the
@@ -29,27 +36,6 @@ pub fn check_file_name(name: &str, source: &str) -> Result<()> {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The little-endian float encodings weight files store (safetensors F32/F16/BF16, burnpack's
-/// f32/f16/bf16/f64), decoded to f32 in one place for both halves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoredFloat {
-    F32,
-    F16,
-    Bf16,
-    F64,
-}
-
-impl StoredFloat {
-    pub fn decode(self, raw: &[u8]) -> Vec<f32> {
-        match self {
-            StoredFloat::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            StoredFloat::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            StoredFloat::Bf16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            StoredFloat::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        }
-    }
 }
 
 /// Refuses a tensor holding NaN or infinity, by name (such weights give a black image and exit 0).
