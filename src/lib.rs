@@ -21,6 +21,7 @@ pub mod image_ops;
 pub mod mnist;
 pub mod named;
 pub mod rng;
+pub mod sampling;
 mod simd;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 use burn::prelude::*;
-use diffusion_playground::deepfloyd::pipeline::{self, InjectedNoise, Prompt};
+use diffusion_playground::deepfloyd::pipeline::{Blur, IfPipeline, InjectedNoise, Prompt, RunContext};
 use diffusion_playground::deepfloyd::scheduler::{DdpmScheduler, X0Mode};
 use diffusion_playground::deepfloyd::unet::IfUNet;
 use diffusion_playground::deepfloyd::views::View;
@@ -51,7 +51,7 @@ impl Fx {
     }
 
     fn prompt(&self, name: &str, guided: bool) -> Prompt {
-        Prompt { cond: self.get(name), uncond: guided.then(|| self.get("null")), guidance: 7.0 }
+        Prompt { cond: self.get(name), uncond: guided.then(|| self.get("null")) }
     }
 }
 
@@ -73,6 +73,9 @@ fn assert_close(name: &str, got: Tensor<4>, fx: &Fx, rtol: f32) {
     assert!(d <= rtol * scale.max(1.0), "{name}: max |diff| {d:e} > {rtol:e} x {scale}");
 }
 
+/// The fixtures' guidance scale (the course's); unguided runs are scale 1.
+const G: f32 = 7.0;
+
 fn all_used(name: &str, n: InjectedNoise) {
     assert!(n.0.is_empty(), "{name}: {} injected noise tensors left unused (noise order differs)", n.0.len());
 }
@@ -83,12 +86,13 @@ fn sampling_with_and_without_guidance() {
     for (name, guided) in [("sample", true), ("sample_unguided", false)] {
         let mut n = fx.noise(name);
         let mut steps = 0;
-        let tr = pipeline::sample(&m, &s, 1, 16, &fx.prompt("p1", guided), &mut n, X0Mode::None, &mut |_, total, _| {
+        let mut run = RunContext::new(&mut n).on_step(|_, total, _| {
             steps += 1;
             assert_eq!(total, 5);
             true
-        })
-        .unwrap();
+        });
+        let tr = IfPipeline::new(&m, &s).with_x0_mode(X0Mode::None).sample(1, 16, &fx.prompt("p1", guided), if guided { G } else { 1.0 }, &mut run).unwrap();
+        drop(run);
         assert_eq!(steps, 5);
         assert_eq!(tr.frames.len(), 2, "the input and step 5");
         all_used(name, n);
@@ -100,12 +104,12 @@ fn sampling_with_and_without_guidance() {
 fn sdedit_and_inpainting() {
     let (m, s, fx) = setup();
     let mut n = fx.noise("sdedit");
-    let tr = pipeline::sdedit(&m, &s, fx.get("image"), 2, &fx.prompt("p2", true), &mut n, X0Mode::None, &mut |_, _, _| true).unwrap();
+    let tr = IfPipeline::new(&m, &s).with_x0_mode(X0Mode::None).sdedit(fx.get("image"), 2, &fx.prompt("p2", true), G, &mut RunContext::new(&mut n)).unwrap();
     all_used("sdedit", n);
     assert_close("sdedit", tr.image, &fx, 1e-5);
 
     let mut n = fx.noise("inpaint");
-    let tr = pipeline::inpaint(&m, &s, fx.get("image"), fx.get("mask"), &fx.prompt("p1", true), &mut n, X0Mode::None, &mut |_, _, _| true).unwrap();
+    let tr = IfPipeline::new(&m, &s).with_x0_mode(X0Mode::None).inpaint(fx.get("image"), fx.get("mask"), &fx.prompt("p1", true), G, &mut RunContext::new(&mut n)).unwrap();
     all_used("inpaint", n);
     assert_close("inpaint", tr.image, &fx, 1e-5);
 }
@@ -116,7 +120,7 @@ fn visual_anagrams() {
     for (name, views) in [("anagram_flip", [View::Identity, View::Flip]), ("anagram_skew_negate", [View::Skew(1.5), View::Negate])] {
         let pairs = vec![(views[0].clone(), fx.prompt("p1", true)), (views[1].clone(), fx.prompt("p2", true))];
         let mut n = fx.noise(name);
-        let tr = pipeline::visual_anagram(&m, &s, 16, &pairs, &mut n, X0Mode::None, &mut |_, _, _| true).unwrap();
+        let tr = IfPipeline::new(&m, &s).with_x0_mode(X0Mode::None).visual_anagram(16, &pairs, G, &mut RunContext::new(&mut n)).unwrap();
         all_used(name, n);
         assert_close(name, tr.image, &fx, 1e-5);
     }
@@ -129,7 +133,7 @@ fn hybrid_images_and_the_blur() {
     let d: f32 = (blurred - fx.get::<4>("blur_out")).abs().max().into_scalar();
     assert!(d < 1e-5, "blur differs by {d}");
     let mut n = fx.noise("hybrid");
-    let tr = pipeline::hybrid(&m, &s, 32, &fx.prompt("p1", true), &fx.prompt("p2", true), 33, 2.0, &mut n, X0Mode::None, &mut |_, _, _| true).unwrap();
+    let tr = IfPipeline::new(&m, &s).with_x0_mode(X0Mode::None).hybrid(32, &fx.prompt("p1", true), &fx.prompt("p2", true), Blur { kernel: 33, sigma: 2.0 }, G, &mut RunContext::new(&mut n)).unwrap();
     all_used("hybrid", n);
     assert_close("hybrid", tr.image, &fx, 1e-5);
 }
@@ -137,23 +141,29 @@ fn hybrid_images_and_the_blur() {
 #[test]
 fn one_step_denoise() {
     let (m, s, fx) = setup();
-    let out = pipeline::one_step_denoise(&m, &s, fx.get("one_step.noisy"), 500, &fx.prompt("p1", false));
+    let out = IfPipeline::new(&m, &s).with_x0_mode(X0Mode::None).one_step_denoise(fx.get("one_step.noisy"), 500, &fx.prompt("p1", false), 1.0).unwrap();
     assert_close("one_step", out, &fx, 1e-5);
 }
 
 #[test]
 fn cancelling_and_bad_arguments_are_errors() {
     let (m, s, fx) = setup();
+    let pipe = IfPipeline::new(&m, &s).with_x0_mode(X0Mode::None);
     let mut n = fx.noise("sample");
-    let r = pipeline::sample(&m, &s, 1, 16, &fx.prompt("p1", true), &mut n, X0Mode::None, &mut |k, _, _| k < 1);
+    let r = pipe.sample(1, 16, &fx.prompt("p1", true), G, &mut RunContext::new(&mut n).on_step(|k, _, _| k < 1));
     assert!(matches!(r, Err(diffusion_playground::Error::Interrupted)));
     let mut n = fx.noise("inpaint");
     let bad_mask = Tensor::<4>::ones([1, 1, 8, 8], &fx.device);
-    let e = pipeline::inpaint(&m, &s, fx.get("image"), bad_mask, &fx.prompt("p1", true), &mut n, X0Mode::None, &mut |_, _, _| true).err().unwrap();
+    let e = pipe.inpaint(fx.get("image"), bad_mask, &fx.prompt("p1", true), G, &mut RunContext::new(&mut n)).err().unwrap();
     assert!(e.to_string().contains("mask is 8x8"), "{e}");
     let mut n = fx.noise("sdedit");
-    let e = pipeline::sdedit(&m, &s, fx.get("image"), 5, &fx.prompt("p1", true), &mut n, X0Mode::None, &mut |_, _, _| true).err().unwrap();
+    let e = pipe.sdedit(fx.get("image"), 5, &fx.prompt("p1", true), G, &mut RunContext::new(&mut n)).err().unwrap();
     assert!(e.to_string().contains("i_start 5"), "{e}");
-    let e = pipeline::hybrid(&m, &s, 16, &fx.prompt("p1", true), &fx.prompt("p2", true), 33, 2.0, &mut fx.noise("hybrid"), X0Mode::None, &mut |_, _, _| true).err().unwrap();
+    let mut n = fx.noise("hybrid");
+    let e = pipe.hybrid(16, &fx.prompt("p1", true), &fx.prompt("p2", true), Blur { kernel: 33, sigma: 2.0 }, G, &mut RunContext::new(&mut n)).err().unwrap();
     assert!(e.to_string().contains("kernel 33"), "{e}");
+    // Guidance other than 1 needs the null prompt.
+    let mut n = fx.noise("sample");
+    let e = pipe.sample(1, 16, &fx.prompt("p1", false), G, &mut RunContext::new(&mut n)).err().unwrap();
+    assert!(e.to_string().contains("null prompt"), "{e}");
 }

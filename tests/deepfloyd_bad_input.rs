@@ -284,9 +284,9 @@ fn a_shape_that_overflows_is_refused() {
 fn a_null_prompt_of_another_token_count_is_a_clear_error() {
     use diffusion_playground::deepfloyd::pipeline::Prompt;
     let device = Device::flex();
-    let e = Prompt::new(Tensor::zeros([1, 77, 24], &device), Some(Tensor::zeros([1, 64, 24], &device)), 7.0).err().unwrap().to_string();
+    let e = Prompt::new(Tensor::zeros([1, 77, 24], &device), Some(Tensor::zeros([1, 64, 24], &device))).err().unwrap().to_string();
     assert!(e.contains("[77, 24]") && e.contains("[64, 24]") && e.contains("null prompt"), "{e}");
-    assert!(Prompt::new(Tensor::zeros([1, 77, 24], &device), Some(Tensor::zeros([1, 77, 24], &device)), 7.0).is_ok());
+    assert!(Prompt::new(Tensor::zeros([1, 77, 24], &device), Some(Tensor::zeros([1, 77, 24], &device))).is_ok());
 }
 
 /// A shard index names files too: only plain names of regular files in the folder (or, for a

@@ -10,7 +10,8 @@
 use burn::module::Module;
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
-use diffusion_playground::mnist::flow::{flow_loss, Conditions, FlowBatch, FlowSampler, Solver};
+use diffusion_playground::mnist::flow::{flow_loss, FlowBatch, FlowPipeline, FlowSampler, Solver};
+use diffusion_playground::sampling::{InjectedNoise, RunContext};
 use diffusion_playground::mnist::unet::{Conditioning, UNet, UNetConfig};
 use diffusion_playground::mnist::denoise::denoise_loss;
 use safetensors::SafeTensors;
@@ -139,12 +140,13 @@ fn guided_sampling_runs_match_pytorch() {
         let model = model.valid();
         for (key, solver, steps, guidance) in [("sample.euler", Solver::Euler, 4, 5.0), ("sample.heun", Solver::Heun, 3, 5.0), ("sample.euler_g1", Solver::Euler, 2, 1.0)] {
             let x0 = f.t4("sample.x0", &device);
-            let cond = Conditions { labels: vec![3, 7], guidance };
             let mut seen = 0;
-            let got = values(FlowSampler::new(solver, steps).sample(&model, x0, &cond, |_, _| {
+            let mut noise = InjectedNoise([x0].into());
+            let run = RunContext::new(&mut noise).on_step(|_, _, _| {
                 seen += 1;
                 true
-            }));
+            });
+            let got = values(FlowPipeline::new(&model, FlowSampler::new(solver, steps)).sample(&[3, 7], guidance, &mut { run }).unwrap().image);
             assert_eq!(seen, steps);
             assert_close(&format!("{name} {key}"), &got, &f.tensor(key).0, 2e-4);
         }

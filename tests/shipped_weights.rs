@@ -5,7 +5,8 @@
 use burn::module::Module;
 use burn::prelude::*;
 use diffusion_playground::mnist::classifier::argmax_rows;
-use diffusion_playground::mnist::flow::{noise, Conditions, FlowSampler, Solver};
+use diffusion_playground::mnist::flow::{FlowPipeline, FlowSampler, Solver};
+use diffusion_playground::sampling::{RunContext, SeededNoise};
 use diffusion_playground::mnist::package::{classifier_from_bytes, unet_from_bytes, Manifest, ModelKind};
 use diffusion_playground::mnist::unet::Conditioning;
 use diffusion_playground::rng::Rng;
@@ -47,8 +48,8 @@ fn shipped_flows_draw_the_requested_digits() {
     for e in flows {
         let flow = unet_from_bytes(&e.unet_config().unwrap(), &bytes(&e.name), &e.name, &device).unwrap().valid();
         let labels: Vec<usize> = (0..2).flat_map(|_| 0..10).collect();
-        let x0 = noise(&mut Rng::new(7), labels.len(), &device);
-        let x = FlowSampler::new(Solver::Euler, 20).sample(&flow, x0, &Conditions { labels: labels.clone(), guidance: 5.0 }, |_, _| true);
+        let mut noise = SeededNoise(Rng::new(7));
+        let x = FlowPipeline::new(&flow, FlowSampler::new(Solver::Euler, 20)).sample(&labels, 5.0, &mut RunContext::new(&mut noise)).unwrap().image;
         let p: Vec<f32> = burn::tensor::activation::softmax(clf.forward(x.clamp(0.0, 1.0)), 1).into_data().try_to_vec().unwrap();
         let verdicts = argmax_rows(&p, 10);
         let right = verdicts.iter().zip(&labels).filter(|((k, _), l)| k == *l).count();

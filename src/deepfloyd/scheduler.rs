@@ -36,7 +36,8 @@ pub struct DdpmScheduler {
     pub betas: Vec<f32>,
     pub alphas_cumprod: Vec<f32>,
     pub variance: Variance,
-    /// What the config asks for (thresholding > clip > none, as in diffusers).
+    /// What the config asks for (thresholding > clip > none, as in diffusers): the default of
+    /// the pipeline built on this scheduler; `step` takes the mode to apply.
     pub x0_mode: X0Mode,
     timesteps: Vec<usize>,
 }

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use burn::prelude::*;
 use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::DType;
-use serde::Deserialize;
 
 use super::config::IfConfig;
 use super::unet::{parameter_shapes, IfUNet};
@@ -43,7 +42,7 @@ pub fn weight_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
         }
         let index = dir.join(format!("diffusion_pytorch_model{variant}.safetensors.index.json"));
         if index.is_file() {
-            #[derive(Deserialize)]
+            #[derive(serde::Deserialize)]
             struct Index {
                 weight_map: BTreeMap<String, String>,
             }

@@ -8,6 +8,8 @@ use burn::prelude::*;
 use super::unet::{Conditioning, UNet};
 use super::{CLASSES, PIXELS, SIDE};
 use crate::rng::Rng;
+use crate::sampling::{RunContext, Trajectory};
+use crate::Result;
 
 /// One-hot class rows, `None` meaning "no class" (all zeros).
 ///
@@ -99,30 +101,22 @@ impl Solver {
     }
 }
 
-/// What to condition a sample on.
-#[derive(Clone, Debug)]
-pub struct Conditions {
-    /// Requested class per image (ignored by a time-only model).
-    pub labels: Vec<usize>,
-    /// Classifier-free guidance scale gamma: `u = u_uncond + gamma (u_cond - u_uncond)`.
-    /// 1 means plain conditional velocity (one model call).
-    pub guidance: f32,
-}
-
-/// The (guided) velocity field at time `t` for a whole batch.
+/// The velocity field at time `t` for a whole batch, class `labels[i]` for image i (ignored by
+/// a time-only model), guided at `guidance` by [`crate::guidance`]'s rule (1: the conditional
+/// velocity alone, one model call).
 ///
 /// # Shapes
 /// `x`: `[B, 1, 28, 28]` -> `[B, 1, 28, 28]`
-pub fn velocity(model: &UNet, x: Tensor<4>, t: f32, cond: &Conditions) -> Tensor<4> {
+pub fn velocity(model: &UNet, x: Tensor<4>, t: f32, labels: &[usize], guidance: f32) -> Tensor<4> {
     let device = x.device();
     let b = x.dims()[0];
     match model.conditioning() {
         Conditioning::None => panic!("a denoiser has no velocity field"),
         Conditioning::Time => model.forward(x, Some(Tensor::full([b, 1], t, &device)), None),
         Conditioning::TimeClass => {
-            assert_eq!(cond.labels.len(), b, "one label per image");
-            let labels: Vec<Option<usize>> = cond.labels.iter().map(|&l| Some(l)).collect();
-            if !crate::guidance::needs_unconditional(cond.guidance) {
+            assert_eq!(labels.len(), b, "one label per image");
+            let labels: Vec<Option<usize>> = labels.iter().map(|&l| Some(l)).collect();
+            if !crate::guidance::needs_unconditional(guidance) {
                 let c = one_hot(&labels, &device);
                 return model.forward(x, Some(Tensor::full([b, 1], t, &device)), Some(c));
             }
@@ -131,7 +125,7 @@ pub fn velocity(model: &UNet, x: Tensor<4>, t: f32, cond: &Conditions) -> Tensor
             both.extend(std::iter::repeat_n(None, b));
             let c = one_hot(&both, &device);
             let u = model.forward(Tensor::cat(vec![x.clone(), x], 0), Some(Tensor::full([2 * b, 1], t, &device)), Some(c));
-            crate::guidance::combine(u.clone().slice([b..2 * b]), u.slice([0..b]), cond.guidance)
+            crate::guidance::combine(u.clone().slice([b..2 * b]), u.slice([0..b]), guidance)
         }
     }
 }
@@ -155,33 +149,49 @@ impl FlowSampler {
     }
 
     /// Advances `x` from step `i` (time i/T) to time (i+1)/T.
-    pub fn step(&self, model: &UNet, x: Tensor<4>, i: usize, cond: &Conditions) -> Tensor<4> {
+    pub fn step(&self, model: &UNet, x: Tensor<4>, i: usize, labels: &[usize], guidance: f32) -> Tensor<4> {
         let dt = 1.0 / self.steps as f32;
         let t = i as f32 * dt;
-        let u = velocity(model, x.clone(), t, cond);
+        let u = velocity(model, x.clone(), t, labels, guidance);
         let last = i + 1 == self.steps;
         match self.solver {
             Solver::Euler => x + u * dt,
             Solver::Heun if last => x + u * dt,
             Solver::Heun => {
                 let x_pred = x.clone() + u.clone() * dt;
-                let u2 = velocity(model, x_pred, t + dt, cond);
+                let u2 = velocity(model, x_pred, t + dt, labels, guidance);
                 x + (u + u2) * (dt / 2.0)
             }
         }
     }
+}
 
-    /// Integrates from the noise `x0` to t = 1; `on_step(i, &x)` sees each new state and may
-    /// return `false` to stop early (cancel), in which case the partial state is returned.
-    pub fn sample(&self, model: &UNet, x0: Tensor<4>, cond: &Conditions, mut on_step: impl FnMut(usize, &Tensor<4>) -> bool) -> Tensor<4> {
-        let mut x = x0;
-        for i in 0..self.steps {
-            x = self.step(model, x, i, cond);
-            if !on_step(i, &x) {
-                break;
-            }
+/// A flow model with its sampler, diffusers-style: the classes and the guidance scale are each
+/// call's, the noise, step callback and frame rate the run's ([`RunContext`]).
+pub struct FlowPipeline<'m> {
+    pub model: &'m UNet,
+    pub sampler: FlowSampler,
+}
+
+impl<'m> FlowPipeline<'m> {
+    pub fn new(model: &'m UNet, sampler: FlowSampler) -> Self {
+        FlowPipeline { model, sampler }
+    }
+
+    /// One step of a run (the page drives these itself, awaiting the GPU between them).
+    pub fn step(&self, x: Tensor<4>, i: usize, labels: &[usize], guidance: f32) -> Tensor<4> {
+        self.sampler.step(self.model, x, i, labels, guidance)
+    }
+
+    /// Draws one image per label: noise x0 from the context, then every step to t = 1.
+    pub fn sample(&self, labels: &[usize], guidance: f32, ctx: &mut RunContext) -> Result<Trajectory> {
+        let mut x = ctx.noise.next([labels.len(), 1, SIDE, SIDE], &self.model.device())?;
+        let mut frames = vec![x.clone()];
+        for i in 0..self.sampler.steps {
+            x = self.step(x, i, labels, guidance);
+            ctx.step_done(i, self.sampler.steps, &x, &mut frames)?;
         }
-        x
+        Ok(Trajectory { image: x, frames })
     }
 }
 

@@ -245,6 +245,11 @@ impl UNetConfig {
 }
 
 impl UNet {
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.out.weight.val().device()
+    }
+
     pub fn conditioning(&self) -> Conditioning {
         match (&self.fc1_t, &self.fc1_c) {
             (None, _) => Conditioning::None,

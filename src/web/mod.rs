@@ -16,7 +16,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
 use crate::mnist::classifier::{Classifier, argmax_rows};
-use crate::mnist::flow::{Conditions, FlowSampler, Solver, noise};
+use crate::mnist::flow::{FlowPipeline, FlowSampler, Solver, noise};
 use crate::mnist::package::{Manifest, ModelKind, classifier_from_bytes, unet_from_bytes};
 use crate::mnist::unet::{Conditioning, UNet};
 use crate::mnist::{PIXELS, SIDE};
@@ -165,17 +165,19 @@ impl Playground {
         future_to_promise(async move {
             let (unet, solver) = prepared.map_err(js_err)?;
             let n = labels.len();
-            let cond = Conditions { labels: labels.iter().map(|&l| l as usize).collect(), guidance };
-            let sampler = FlowSampler::new(solver, steps as usize);
+            let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+            // The async form of `FlowPipeline::sample`: the GPU is awaited between steps.
+            let pipeline = FlowPipeline::new(&unet, FlowSampler::new(solver, steps as usize));
+            let total = pipeline.sampler.steps;
             let mut x = noise(&mut Rng::new(seed as u64), n, &device);
-            for i in 0..sampler.steps {
+            for i in 0..total {
                 let t0 = now_ms();
-                x = sampler.step(&unet, x, i, &cond);
+                x = pipeline.step(x, i, &labels, guidance);
                 // Reading back waits for the GPU, so `ms` is the real cost of the step.
                 let pixels = read_f32(x.clone()).await?;
                 let ms = now_ms() - t0;
                 let arr = Float32Array::from(pixels.as_slice());
-                let ret = on_step.call4(&JsValue::NULL, &(i as u32).into(), &(sampler.steps as u32).into(), &arr, &ms.into())?;
+                let ret = on_step.call4(&JsValue::NULL, &(i as u32).into(), &(total as u32).into(), &arr, &ms.into())?;
                 if !keep_going(ret).await? {
                     return Ok(JsValue::NULL);
                 }

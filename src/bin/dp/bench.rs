@@ -14,7 +14,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use clap::Args;
-use diffusion_playground::mnist::flow::{flow_loss, noise, Conditions, FlowBatch, FlowSampler, Solver};
+use diffusion_playground::mnist::flow::{flow_loss, noise, FlowBatch, FlowSampler, Solver};
 use diffusion_playground::mnist::unet::{forward_flops, UNetConfig};
 use diffusion_playground::rng::Rng;
 use diffusion_playground::{Error, Result};
@@ -100,10 +100,10 @@ pub fn run(a: BenchArgs, device: &Device, device_name: &str) -> Result<()> {
     // One guided sampling step.
     let m = cfg.init(device).valid();
     let x = noise(&mut Rng::new(1), a.sample_batch, device);
-    let cond = Conditions { labels: (0..a.sample_batch).map(|i| i % 10).collect(), guidance: 5.0 };
+    let labels: Vec<usize> = (0..a.sample_batch).map(|i| i % 10).collect();
     let sampler = FlowSampler::new(Solver::Euler, 50);
     let sample_step = || {
-        let y = sampler.step(&m, x.clone(), 25, &cond);
+        let y = sampler.step(&m, x.clone(), 25, &labels, 5.0);
         let _ = y.into_data();
     };
 

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use clap::{Args, Subcommand, ValueEnum};
 use diffusion_playground::deepfloyd::config::SchedulerConfig;
 use diffusion_playground::deepfloyd::embeddings::PromptEmbeddings;
-use diffusion_playground::deepfloyd::pipeline::{self, Prompt, SeededNoise, Trajectory};
+use diffusion_playground::deepfloyd::pipeline::{Blur, IfPipeline, NoiseSource, Prompt, RunContext, SeededNoise, Trajectory};
 use diffusion_playground::deepfloyd::scheduler::{strided_timesteps, DdpmScheduler, X0Mode};
 use diffusion_playground::deepfloyd::unet::IfUNet;
 use diffusion_playground::deepfloyd::views::View;
@@ -92,7 +92,8 @@ struct Common {
     /// The null prompt's key in the embeddings file (classifier-free guidance).
     #[arg(long, global = true, default_value = "")]
     null: String,
-    /// Guidance scale (the course uses 7); 0 turns guidance off (one model call per step).
+    /// Classifier-free guidance scale, `uncond + g (cond - uncond)` (the course uses 7): 1 is the
+    /// prompt's output alone (one model call per step, no null prompt read), 0 the null prompt's.
     #[arg(long, global = true, default_value_t = 7.0, value_parser = guidance)]
     guidance: f32,
     /// Stride of the timesteps 990, 990 - stride, ..., 0.
@@ -194,8 +195,9 @@ impl Ctx {
     fn prompt(&self, name: &str) -> Result<Prompt> {
         let width = self.model.config.encoder_hid_dim;
         let cond = self.emb.get(name, width, &self.device)?;
-        let uncond = if self.common.guidance > 0.0 { Some(self.emb.get(&self.common.null, width, &self.device)?) } else { None };
-        Prompt::new(cond, uncond, self.common.guidance)
+        // Guidance 1 is the conditional output alone: no null prompt needed.
+        let uncond = if diffusion_playground::guidance::needs_unconditional(self.common.guidance) { Some(self.emb.get(&self.common.null, width, &self.device)?) } else { None };
+        Prompt::new(cond, uncond)
     }
 
     fn x0(&self) -> X0Mode {
@@ -233,17 +235,19 @@ impl Ctx {
         Ok(path)
     }
 
-    /// A progress bar that also stops the loop on Ctrl-C.
-    fn run(&self, label: &str, f: impl FnOnce(&mut dyn FnMut(usize, usize, &Tensor<4>) -> bool) -> Result<Trajectory>) -> Result<Trajectory> {
+    /// Runs `f` with a run context on `noise` that draws a progress bar and stops the loop on
+    /// Ctrl-C.
+    fn run(&self, label: &str, noise: &mut dyn NoiseSource, f: impl FnOnce(&mut RunContext) -> Result<Trajectory>) -> Result<Trajectory> {
         let stop = crate::stop::stop_flag();
         let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps {elapsed} (eta {eta})").unwrap());
         bar.set_message(label.to_string());
-        let mut cb = |k: usize, total: usize, _: &Tensor<4>| {
+        let mut ctx = RunContext::new(noise).on_step(|k, total, _| {
             bar.set_length(total as u64);
             bar.set_position(k as u64 + 1);
             !stop.load(Ordering::SeqCst)
-        };
-        let r = f(&mut cb);
+        });
+        let r = f(&mut ctx);
+        drop(ctx);
         bar.finish();
         r
     }
@@ -280,19 +284,20 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
     };
     sched.set_timesteps(strided_timesteps(990.min(sched.num_train_timesteps() - 1), c.stride)?)?;
     let ctx = Ctx { model, sched, emb, common: c, device: device.clone() };
-    let seed = ctx.common.seed;
-    let (m, s, x0) = (&ctx.model, &ctx.sched, ctx.x0());
+    let (seed, g) = (ctx.common.seed, ctx.common.guidance);
+    let pipe = IfPipeline::new(&ctx.model, &ctx.sched).with_x0_mode(ctx.x0());
+    let s = &ctx.sched;
     match a.command {
         IfCommand::Prompts => unreachable!(),
         IfCommand::Denoise { image, prompt, i_start } => {
             let (img, _) = ctx.image(&image)?;
-            let p = ctx.prompt(&prompt)?;
-            let uncond_free = Prompt { uncond: None, ..p.clone() };
+            // The course's denoising demos run unguided (guidance 1: the conditional output).
+            let p = Prompt { uncond: None, ..ctx.prompt(&prompt)? };
             let (mut noisy, mut blurred, mut one) = (vec![img.clone()], vec![img.clone()], vec![img.clone()]);
             for (k, t) in [250usize, 500, 750].into_iter().enumerate() {
-                let x = pipeline::forward_noise(s, img.clone(), t, &mut noise(seed, &[1, k as u64]))?;
+                let x = pipe.forward_noise(img.clone(), t, &mut noise(seed, &[1, k as u64]))?;
                 blurred.push(gaussian_blur(x.clone(), 5, 2.0));
-                one.push(pipeline::one_step_denoise(m, s, x.clone(), t, &uncond_free));
+                one.push(pipe.one_step_denoise(x.clone(), t, &p, 1.0)?);
                 noisy.push(x);
             }
             ctx.save("forward_t250_500_750", &noisy)?;
@@ -300,15 +305,15 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
             ctx.save("one_step_t250_500_750", &one)?;
             let mut n = noise(seed, &[2]);
             let t0 = *s.timesteps().get(i_start).ok_or_else(|| Error::Invalid(format!("--i-start {i_start} is beyond the {} timesteps", s.timesteps().len())))?;
-            let x = pipeline::forward_noise(s, img.clone(), t0, &mut n)?;
-            let tr = ctx.run("iterative denoise", |cb| pipeline::iterative_denoise(m, s, x, i_start, &uncond_free, &mut n, x0, cb))?;
+            let x = pipe.forward_noise(img.clone(), t0, &mut n)?;
+            let tr = ctx.run("iterative denoise", &mut n, |run| pipe.iterative_denoise(x, i_start, &p, 1.0, run))?;
             ctx.save("iterative_every_5th", &tr.frames)?;
             ctx.save("iterative_final", &[tr.image])?;
         }
         IfCommand::Sample { prompt, n } => {
             let p = ctx.prompt(&prompt)?;
             let mut z = noise(seed, &[3]);
-            let tr = ctx.run("sample", |cb| pipeline::sample(m, s, n, ctx.side(), &p, &mut z, x0, cb))?;
+            let tr = ctx.run("sample", &mut z, |run| pipe.sample(n, ctx.side(), &p, g, run))?;
             ctx.save(&format!("sample_{}", slug(&prompt)), &[tr.image])?;
         }
         IfCommand::Sdedit { image, prompt, i_start } => {
@@ -317,7 +322,7 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
             let mut outs = Vec::new();
             for (k, i) in i_start.iter().enumerate() {
                 let mut z = noise(seed, &[4, k as u64]);
-                let tr = ctx.run(&format!("sdedit i_start {i}"), |cb| pipeline::sdedit(m, s, img.clone(), *i, &p, &mut z, x0, cb))?;
+                let tr = ctx.run(&format!("sdedit i_start {i}"), &mut z, |run| pipe.sdedit(img.clone(), *i, &p, g, run))?;
                 outs.push(tr.image);
             }
             outs.push(img);
@@ -331,7 +336,7 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
             let mt = Tensor::<4>::from_data(TensorData::new(mv, [1, 1, side, side]), &ctx.device);
             let p = ctx.prompt(&prompt)?;
             let mut z = noise(seed, &[5]);
-            let tr = ctx.run("inpaint", |cb| pipeline::inpaint(m, s, img.clone(), mt.clone(), &p, &mut z, x0, cb))?;
+            let tr = ctx.run("inpaint", &mut z, |run| pipe.inpaint(img.clone(), mt.clone(), &p, g, run))?;
             let hole = img.clone() * (mt.clone().neg() + 1.0).expand([1, 3, side, side]);
             ctx.save("inpaint", &[img, hole, tr.image])?;
         }
@@ -341,14 +346,14 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
             }
             let pairs = prompt.iter().zip(&view).map(|(p, v)| Ok((View::parse(v)?, ctx.prompt(p)?))).collect::<Result<Vec<_>>>()?;
             let mut z = noise(seed, &[6]);
-            let tr = ctx.run("anagram", |cb| pipeline::visual_anagram(m, s, ctx.side(), &pairs, &mut z, x0, cb))?;
+            let tr = ctx.run("anagram", &mut z, |run| pipe.visual_anagram(ctx.side(), &pairs, g, run))?;
             let shown = pairs.iter().map(|(v, _)| v.invert(tr.image.clone(), 3)).collect::<Result<Vec<_>>>()?;
             ctx.save("anagram", &shown)?;
         }
         IfCommand::Hybrid { low, high, kernel, sigma } => {
             let (pl, ph) = (ctx.prompt(&low)?, ctx.prompt(&high)?);
             let mut z = noise(seed, &[7]);
-            let tr = ctx.run("hybrid", |cb| pipeline::hybrid(m, s, ctx.side(), &pl, &ph, kernel, sigma, &mut z, x0, cb))?;
+            let tr = ctx.run("hybrid", &mut z, |run| pipe.hybrid(ctx.side(), &pl, &ph, Blur { kernel, sigma }, g, run))?;
             ctx.save("hybrid", &[tr.image])?;
         }
     }

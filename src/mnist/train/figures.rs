@@ -8,9 +8,10 @@ use burn::prelude::*;
 use super::{Recipe, TrainConfig};
 use crate::image_ops::{grid, save_png, write_atomic};
 use crate::mnist::data::{Dataset, Split};
-use crate::mnist::flow::{noise, Conditions, FlowSampler, Solver};
+use crate::mnist::flow::{noise, FlowPipeline, FlowSampler, Solver};
 use crate::mnist::unet::UNet;
 use crate::rng::Rng;
+use crate::sampling::{RunContext, SeededNoise};
 use crate::{Error, Result};
 
 /// The figure an epoch writes (a recipe's samples or denoising grid).
@@ -38,9 +39,9 @@ pub(super) fn epoch_figures(config: &TrainConfig, model: &UNet, device: &Device,
         }
         _ => {
             let labels: Vec<usize> = (0..4).flat_map(|_| 0..10).collect();
-            let x0 = noise(&mut Rng::new(config.seed ^ 0x5eed), labels.len(), device);
-            let sampler = FlowSampler::new(Solver::Euler, FIGURE_STEPS);
-            let out = sampler.sample(&model, x0, &Conditions { labels, guidance: 5.0 }, |_, _| true);
+            let mut noise = SeededNoise(Rng::new(config.seed ^ 0x5eed));
+            let pipeline = FlowPipeline::new(&model, FlowSampler::new(Solver::Euler, FIGURE_STEPS));
+            let out = pipeline.sample(&labels, 5.0, &mut RunContext::new(&mut noise).with_frame_every(0))?.image;
             let v: Vec<f32> = out.into_data().try_to_vec().map_err(|e| Error::Device(format!("{e:?}")))?;
             save_png(&grid(&v, 28, 4, 10, 2, 2), &figure_path(config, dir, epoch))
         }

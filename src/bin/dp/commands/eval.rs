@@ -9,7 +9,8 @@ use clap::Args;
 use diffusion_playground::image_ops::write_atomic;
 use diffusion_playground::mnist::classifier::{argmax_rows, FEATURES};
 use diffusion_playground::mnist::data::{Dataset, DatasetKind, Split};
-use diffusion_playground::mnist::flow::{noise, Conditions, FlowSampler};
+use diffusion_playground::mnist::flow::{FlowPipeline, FlowSampler};
+use diffusion_playground::sampling::{RunContext, SeededNoise};
 use diffusion_playground::mnist::metrics::{background_grain, fid};
 use diffusion_playground::mnist::unet::Conditioning;
 use diffusion_playground::mnist::{CLASSES, PIXELS};
@@ -62,7 +63,8 @@ pub(super) fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
     let mut feats = Vec::with_capacity(total * FEATURES);
     let t = Instant::now();
     let bar = indicatif::ProgressBar::new(total as u64);
-    let mut rng = Rng::new(a.sampler.seed);
+    let mut noise = SeededNoise(Rng::new(a.sampler.seed));
+    let pipeline = FlowPipeline::new(&model, sampler);
     let mut done = 0;
     let stop = stop_flag();
     while done < total {
@@ -71,8 +73,8 @@ pub(super) fn cmd_eval(a: EvalArgs, device: &Device) -> Result<()> {
         }
         let n = a.batch.min(total - done);
         let labels: Vec<usize> = (done..done + n).map(|i| i % CLASSES).collect();
-        let x0 = noise(&mut rng, n, device);
-        let x = sampler.sample(&model, x0, &Conditions { labels: labels.clone(), guidance: a.sampler.guidance }, |_, _| true);
+        let run = RunContext::new(&mut noise).with_frame_every(0).on_step(|_, _, _| !stop.load(std::sync::atomic::Ordering::SeqCst));
+        let x = pipeline.sample(&labels, a.sampler.guidance, &mut { run })?.image;
         let x = x.clamp(0.0, 1.0);
         samples_grain.push(background_grain(&to_vec(x.clone())?) * n as f64);
         let (p, f) = classifier.probs_and_features(x);

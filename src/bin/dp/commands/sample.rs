@@ -7,7 +7,8 @@ use burn::prelude::*;
 use clap::Args;
 use diffusion_playground::image_ops::{gif_bytes, grid, save_png, write_atomic};
 use diffusion_playground::mnist::CLASSES;
-use diffusion_playground::mnist::flow::{noise, Conditions, FlowSampler};
+use diffusion_playground::mnist::flow::{FlowPipeline, FlowSampler};
+use diffusion_playground::sampling::{RunContext, SeededNoise};
 use diffusion_playground::mnist::unet::{Conditioning, UNet};
 use diffusion_playground::rng::Rng;
 use diffusion_playground::{Error, Result};
@@ -57,32 +58,28 @@ pub(super) fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
         return Err(Error::Invalid(format!("--digits: {d} is not a digit 0-9")));
     }
     let labels = labels_for(&model, &digits, a.per_digit);
-    let n = labels.len();
-    let x0 = noise(&mut Rng::new(a.sampler.seed), n, device);
-    let sampler = FlowSampler::new(a.sampler.solver, a.sampler.steps);
-    let cond = Conditions { labels, guidance: a.sampler.guidance };
-    let mut frames = Vec::new();
+    let mut noise = SeededNoise(Rng::new(a.sampler.seed));
+    let pipeline = FlowPipeline::new(&model, FlowSampler::new(a.sampler.solver, a.sampler.steps));
     let (rows, cols) = (a.per_digit, digits.len());
-    if a.gif.is_some() {
-        frames.push(grid(&to_vec(x0.clone())?, 28, rows, cols, 2, 2));
-    }
     let t = Instant::now();
+    // The GIF keeps about 50 frames, the first (pure noise) and the last among them.
     let every = (a.sampler.steps / 50).max(1);
     let stop = stop_flag();
-    let out = sampler.sample(&model, x0, &cond, |i, x| {
-        if a.gif.is_some() && ((i + 1) % every == 0 || i + 1 == a.sampler.steps)
-            && let Ok(v) = to_vec(x.clone())
-        {
-            frames.push(grid(&v, 28, rows, cols, 2, 2));
+    let run = RunContext::new(&mut noise).with_frame_every(if a.gif.is_some() { every } else { 0 }).on_step(|_, _, _| !stop.load(std::sync::atomic::Ordering::SeqCst));
+    let trajectory = pipeline.sample(&labels, a.sampler.guidance, &mut { run })?;
+    let mut frames = Vec::new();
+    if a.gif.is_some() {
+        for x in &trajectory.frames {
+            frames.push(grid(&to_vec(x.clone())?, 28, rows, cols, 2, 2));
         }
-        !stop.load(std::sync::atomic::Ordering::SeqCst)
-    });
-    if stop.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(Error::Interrupted);
+        if a.sampler.steps % every != 0 {
+            frames.push(grid(&to_vec(trajectory.image.clone())?, 28, rows, cols, 2, 2));
+        }
     }
-    let v = to_vec(out)?;
+    let v = to_vec(trajectory.image)?;
     let secs = t.elapsed().as_secs_f64();
     save_png(&grid(&v, 28, rows, cols, 2, 2), &a.out)?;
+    let n = labels.len();
     println!("{n} samples from {from} in {secs:.2} s ({} steps, {:?}, {}) -> {}", a.sampler.steps, a.sampler.solver, guidance_label(model.conditioning(), a.sampler.guidance), a.out.display());
     if let Some(g) = a.gif {
         write_atomic(&g, &gif_bytes(&frames, 60)?)?;
