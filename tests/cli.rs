@@ -239,7 +239,7 @@ fn manifests_and_package_names_stay_inside_their_folder() {
     std::fs::write(w.join("secret.bpk"), b"outside the package folder").unwrap();
     let entry = |file: &str| {
         let mut v: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-        v["models"][0]["file"] = serde_json::json!(file);
+        v["models"][0]["files"][0]["file"] = serde_json::json!(file);
         std::fs::write(w.join("pkg/manifest.json"), v.to_string()).unwrap();
     };
     for name in ["../secret.bpk", "/etc/passwd", "sub/../../secret.bpk"] {
@@ -267,9 +267,7 @@ fn manifests_and_package_names_stay_inside_their_folder() {
     std::fs::copy(w.join("cf/model.bpk"), w.join("cf.bpk")).unwrap();
     let bytes = std::fs::read(w.join("cf/model.bpk")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    v["models"][0]["file"] = serde_json::json!("cf.bpk");
-    v["models"][0]["bytes"] = serde_json::json!(bytes.len());
-    v["models"][0]["sha256"] = serde_json::json!(diffusion_playground::artifact::sha256_hex(&bytes));
+    v["models"][0]["files"][0] = serde_json::json!({"file": "cf.bpk", "bytes": bytes.len(), "sha256": diffusion_playground::artifact::sha256_hex(&bytes)});
     std::fs::copy(w.join("cf/model.bpk"), w.join("pkg/cf.bpk")).unwrap();
     std::fs::write(w.join("pkg/manifest.json"), v.to_string()).unwrap();
     fails(&w, &["sample", "--model", "pkg:time_flow", "--steps", "1", "--out", "s.png"], "another architecture or conditioning");

@@ -70,7 +70,7 @@ fn corrupt_or_incomplete_packages_are_refused() {
     let mpath = out.join("manifest.json");
     let text = std::fs::read_to_string(&mpath).unwrap();
     let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
-    m["config"]["layers_per_block"] = serde_json::json!(2);
+    m["models"][0]["config"]["layers_per_block"] = serde_json::json!(2);
     let e = PackageManifest::parse(&m.to_string(), "manifest.json").err().unwrap().to_string();
     assert!(e.contains("has no tensor down_blocks.0.resnets.1"), "{e}");
     assert!(PackageManifest::parse("{}", "manifest.json").is_err());
@@ -99,28 +99,28 @@ fn hostile_manifests_are_refused_before_reading() {
         }
     };
     for name in ["../secret.bin", "/etc/passwd", "sub/shard.bin", "..", ""] {
-        let e = edit(&|v| v["shards"][0]["file"] = serde_json::json!(name));
+        let e = edit(&|v| v["models"][0]["files"][0]["file"] = serde_json::json!(name));
         assert!(e.contains("plain files"), "{name:?}: {e}");
         assert!(!e.contains("not yours") && !e.contains(" 9 bytes"), "{name:?}: nothing of the outside file is told: {e}");
     }
     #[cfg(unix)]
     {
         std::os::unix::fs::symlink(root.join("secret.bin"), out.join("link.bin")).unwrap();
-        let e = edit(&|v| v["shards"][0]["file"] = serde_json::json!("link.bin"));
+        let e = edit(&|v| v["models"][0]["files"][0]["file"] = serde_json::json!("link.bin"));
         assert!(e.contains("outside"), "{e}");
         // A device that never ends, behind a link: refused without reading it.
         std::os::unix::fs::symlink("/dev/zero", out.join("zero.bin")).unwrap();
-        let e = edit(&|v| v["shards"][0]["file"] = serde_json::json!("zero.bin"));
+        let e = edit(&|v| v["models"][0]["files"][0]["file"] = serde_json::json!("zero.bin"));
         assert!(e.contains("outside") || e.contains("not a regular file"), "{e}");
     }
-    let e = edit(&|v| v["tensors"][0]["pieces"][0]["offset"] = serde_json::json!(u64::MAX - 1));
+    let e = edit(&|v| v["models"][0]["tensors"][0]["pieces"][0]["offset"] = serde_json::json!(u64::MAX - 1));
     assert!(e.contains("points outside its shards"), "{e}");
-    let e = edit(&|v| v["shards"][0]["bytes"] = serde_json::json!(u64::MAX));
+    let e = edit(&|v| v["models"][0]["files"][0]["bytes"] = serde_json::json!(u64::MAX));
     assert!(e.contains("the manifest says"), "{e}");
     // A q8 tensor whose values are not whole 32-value blocks: refused, not an index panic.
     let m: serde_json::Value = serde_json::from_str(&good).unwrap();
-    let i = m["tensors"].as_array().unwrap().iter().position(|t| t["dtype"] == "f16" && t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>() % 32 != 0).expect("a tensor of odd size");
-    let e = edit(&|v| v["tensors"][i]["dtype"] = serde_json::json!("q8"));
+    let i = m["models"][0]["tensors"].as_array().unwrap().iter().position(|t| t["dtype"] == "f16" && t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>() % 32 != 0).expect("a tensor of odd size");
+    let e = edit(&|v| v["models"][0]["tensors"][i]["dtype"] = serde_json::json!("q8"));
     assert!(e.contains("whole number of 32-value blocks"), "{e}");
     std::fs::write(out.join("manifest.json"), &good).unwrap();
     load_package_dir(&out, &Device::flex()).unwrap();
@@ -140,7 +140,7 @@ fn a_package_with_a_nan_scale_is_refused() {
     bytes[at..at + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
     std::fs::write(&shard, &bytes).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    v["shards"][p.shard]["sha256"] = serde_json::json!(diffusion_playground::artifact::sha256_hex(&bytes));
+    v["models"][0]["files"][p.shard]["sha256"] = serde_json::json!(diffusion_playground::artifact::sha256_hex(&bytes));
     std::fs::write(out.join("manifest.json"), v.to_string()).unwrap();
     let e = load_package_dir(&out, &Device::flex()).err().unwrap().to_string();
     assert!(e.contains(&t.name) && e.contains("NaN"), "{e}");

@@ -7,20 +7,21 @@ use burn::prelude::*;
 use diffusion_playground::mnist::classifier::argmax_rows;
 use diffusion_playground::mnist::flow::{FlowPipeline, FlowSampler, Solver};
 use diffusion_playground::sampling::{RunContext, SeededNoise};
-use diffusion_playground::mnist::package::{classifier_from_bytes, unet_from_bytes, Manifest, ModelKind};
+use diffusion_playground::artifact::manifest::Kind;
+use diffusion_playground::mnist::package::{classifier_from_bytes, parse_manifest, unet_from_bytes, Manifest};
 use diffusion_playground::mnist::unet::Conditioning;
 use diffusion_playground::rng::Rng;
 
 const PKG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pkg");
 
 fn manifest() -> Manifest {
-    Manifest::parse(&std::fs::read_to_string(format!("{PKG}/manifest.json")).unwrap(), "pkg/manifest.json").unwrap()
+    parse_manifest(&std::fs::read_to_string(format!("{PKG}/manifest.json")).unwrap(), "pkg/manifest.json").unwrap()
 }
 
 fn bytes(name: &str) -> Vec<u8> {
     let m = manifest();
     let e = m.get(name).unwrap();
-    let b = std::fs::read(format!("{PKG}/{}", e.file)).unwrap();
+    let b = std::fs::read(format!("{PKG}/{}", e.file().file)).unwrap();
     e.verify(&b).unwrap();
     b
 }
@@ -31,8 +32,9 @@ fn every_entry_is_whole_and_loads() {
     for e in manifest().models {
         let b = bytes(&e.name);
         match e.kind {
-            ModelKind::Unet => drop(unet_from_bytes(&e.unet_config().unwrap(), &b, &e.file, &device).unwrap()),
-            ModelKind::Classifier => drop(classifier_from_bytes(&b, &e.file, &device).unwrap()),
+            Kind::MnistUnet => drop(unet_from_bytes(&e.unet_config().unwrap(), &b, &e.file().file, &device).unwrap()),
+            Kind::MnistClassifier => drop(classifier_from_bytes(&b, &e.file().file, &device).unwrap()),
+            Kind::IfUnet => panic!("pkg/ ships no IF weights"),
         }
     }
 }

@@ -7,6 +7,8 @@ const PIXELS = SIDE * SIDE;
 const state = {
   worker: null,
   ready: false,
+  entries: new Map(), // name -> manifest entry, for every model pkg/manifest.json lists
+  denoiser: null, // the name of the manifest's denoiser (a UNet without conditioning), if any
   models: new Map(), // name -> manifest entry, for every model the page can use
   onDemand: new Set(), // names among them the worker fetches on first use
   backend: params.get('backend') || 'auto',
@@ -130,23 +132,28 @@ function onReady(msg) {
   $('load-progress').textContent = '';
   if (msg.notice) showNotice(msg.notice);
   // Without a classifier the digits come without verdicts: say so where they would be, for good.
-  $('no-classifier').hidden = [...state.models.values()].some((m) => m.kind === 'classifier');
+  $('no-classifier').hidden = [...state.models.values()].some((m) => m.kind === 'mnist-classifier');
   if (msg.failed.length) {
     showError(msg.failed.map((f) => `Could not load model '${f.name}': ${f.message}`).join('\n')
       + '\nReload the page to fetch it again; if this persists, the site\'s pkg/ files are damaged (rebuild and redeploy them).');
   }
-  for (const opt of $('model').options) {
-    const have = state.models.has(opt.value);
+  // The generate panel offers every flow model the manifest lists for the page, in its order;
+  // one that did not load stays listed, disabled.
+  state.entries = new Map(msg.entries.map((m) => [m.name, m]));
+  const flows = msg.entries.filter((m) => m.kind === 'mnist-unet' && m.conditioning !== 'none' && m.page);
+  $('model').replaceChildren(...flows.map((m) => {
+    const have = state.models.has(m.name);
+    const opt = new Option(have ? m.page.label : `${m.page.label} (not available)`, m.name);
     opt.disabled = !have;
-    if (!have && !opt.textContent.includes('not available')) opt.textContent += ' (not available)';
-  }
-  if (!state.models.has($('model').value)) {
-    const first = [...$('model').options].find((o) => !o.disabled);
-    if (first) $('model').value = first.value;
-  }
+    return opt;
+  }));
+  const first = [...$('model').options].find((o) => !o.disabled);
+  if (first) $('model').value = first.value;
+  applyLimits(true);
   // Say why the playground's button stays off, rather than leave it silently disabled.
   // (A denoiser that failed to load is explained by the error above instead.)
-  $('denoiser-missing').hidden = state.models.has('denoiser') || msg.failed.some((f) => f.name === 'denoiser');
+  state.denoiser = msg.entries.find((m) => m.kind === 'mnist-unet' && m.conditioning === 'none')?.name ?? null;
+  $('denoiser-missing').hidden = state.models.has(state.denoiser) || msg.failed.some((f) => f.name === state.denoiser);
   onModelChange();
   if (params.has('bench')) runBenchmark();
 }
@@ -192,7 +199,7 @@ function buildGrid() {
 function refresh() {
   const idle = state.ready && !state.dead && state.jobs === 0;
   for (const id of ['gen-one', 'gen-grid']) $(id).disabled = !idle || !state.models.has($('model').value);
-  $('denoise').disabled = !idle || !state.models.has('denoiser');
+  $('denoise').disabled = !idle || !state.models.has(state.denoiser);
   $('cancel').disabled = state.dead || state.running === null || state.cancelling === state.running;
 }
 
@@ -315,7 +322,25 @@ async function generateGrid() {
   }
 }
 
+// The sampler settings' limits (and, when `defaults`, values) from the chosen model's manifest
+// entry: `page.steps` and `page.guidance` are [min, max, default], `page.solver` the default.
+function applyLimits(defaults) {
+  const hints = state.entries?.get($('model').value)?.page;
+  if (!hints) return;
+  for (const key of ['steps', 'guidance']) {
+    const r = hints[key];
+    if (!r) continue;
+    const el = $(key);
+    [el.min, el.max] = [r[0], r[1]];
+    const v = defaults ? r[2] : Math.min(r[1], Math.max(r[0], Number(el.value)));
+    el.value = v;
+    $(`${key}-out`).textContent = el.value;
+  }
+  if (defaults && hints.solver) $('solver').value = hints.solver;
+}
+
 function onModelChange() {
+  applyLimits(false);
   const conditional = isConditional($('model').value);
   $('digits').disabled = !conditional;
   $('guidance').disabled = !conditional;
@@ -382,13 +407,13 @@ async function denoise() {
   clearError('denoise');
   const cap = $('denoised-cap');
   // The first use fetches the denoiser (15.8 MB for D=128): say so under its output.
-  const onProgress = loadingNotice(cap, 'denoiser', 'the denoiser');
+  const onProgress = loadingNotice(cap, state.denoiser, 'the denoiser');
   try {
     const seed = readSeed('noise-seed');
     const r = await job(() => request({
-      type: 'denoise', model: 'denoiser', pixels: readDigit($('clean')), sigma: Number($('sigma').value), seed,
+      type: 'denoise', model: state.denoiser, pixels: readDigit($('clean')), sigma: Number($('sigma').value), seed,
     }, null, onProgress));
-    state.onDemand.delete('denoiser');
+    state.onDemand.delete(state.denoiser);
     drawDigit($('noisy'), r.noisy);
     drawDigit($('denoised'), r.denoised);
     return r;
@@ -469,6 +494,8 @@ window.playground = {
   // Every error shown in the page, wherever it is ('' when none).
   errors: visibleErrors,
   get ready() { return state.ready; },
+  // Models the worker fetches on first use (the manifest's `page.at_start` false).
+  get onDemand() { return [...state.onDemand]; },
 };
 
 setup();

@@ -10,11 +10,9 @@ let pg = null;
 let hasClassifier = false;
 // Manifest entries listed but not fetched yet: name -> entry.
 const pending = new Map();
-// Fetched before the first digit: the generate panel's two models and the classifier (9 MB).
-// Everything else waits for its first use: the denoiser only serves the playground (15.8 MB for
-// D=128, four times a flow model), and recipe 5's flow is there to compare with recipe 4's.
-const AT_START = new Set(['class_flow', 'time_flow', 'classifier']);
-const onDemand = (m) => !AT_START.has(m.name);
+// The manifest says which models are fetched before the first digit (`page.at_start`); every
+// other one waits for its first use.
+const onDemand = (m) => !m.page?.at_start;
 let current = null; // the job running now: {id, cancelled}
 const queue = [];
 let busy = false;
@@ -146,14 +144,14 @@ async function start({ backend }) {
       failed.push({ name: m.name, message: e.message });
     }
   }
-  hasClassifier = loaded.some((m) => m.kind === 'classifier');
-  post({ type: 'ready', backend: pg.backend, adapter: dev.adapter || pg.adapter, notice: dev.notice, models: loaded, onDemand: [...pending.values()], failed });
+  hasClassifier = loaded.some((m) => m.kind === 'mnist-classifier');
+  post({ type: 'ready', backend: pg.backend, adapter: dev.adapter || pg.adapter, notice: dev.notice, entries: models, models: loaded, onDemand: [...pending.values()], failed });
 }
 
 // Fetches manifest entry `m` from pkg/ and builds it on the device (progress tagged with `id`).
 async function loadEntry(m, id) {
   // The wasm side checked every manifest file name is a plain name (no path, no URL).
-  pg.loadModel(m.name, await fetchBytes(`./pkg/${encodeURIComponent(m.file)}`, m.name, id));
+  pg.loadModel(m.name, await fetchBytes(`./pkg/${encodeURIComponent(m.files[0].file)}`, m.name, id));
 }
 
 // Fetches and builds a model held back by onDemand; a failure leaves it pending, so the next

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::{Error, Result};
 
 mod dtype;
+pub mod manifest;
 pub mod safetensors;
 
 pub use dtype::{Dtype, QUANT_BLOCK};

@@ -9,13 +9,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::IfConfig;
+use crate::artifact::manifest::{self, Kind, StoredFile};
 use crate::artifact::{Dtype, QUANT_BLOCK};
 use super::unet::parameter_shapes;
 use crate::{Error, Result};
 
 pub const BLOCK: usize = QUANT_BLOCK;
 pub const SHARD_MAX: usize = 64 * 1024 * 1024;
-pub const FORMAT: &str = "diffusion-playground/if-unet";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Piece {
@@ -32,17 +32,12 @@ pub struct PackedTensor {
     pub pieces: Vec<Piece>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ShardInfo {
-    pub file: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
+/// One shard: its file name, size and sha256.
+pub type ShardInfo = StoredFile;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// An IF package: what its manifest (the shared schema's one `if-unet` entry) says.
+#[derive(Clone, Debug)]
 pub struct PackageManifest {
-    pub format: String,
-    pub version: u32,
     /// f16, q8 or q4: what the large tensors are stored as (the rest f16).
     pub scheme: Dtype,
     pub block: usize,
@@ -50,6 +45,27 @@ pub struct PackageManifest {
     pub config: serde_json::Value,
     pub tensors: Vec<PackedTensor>,
     pub shards: Vec<ShardInfo>,
+}
+
+/// The package's entry in the shared manifest schema.
+#[derive(Serialize, Deserialize)]
+struct IfEntry {
+    name: String,
+    kind: Kind,
+    dtype: Dtype,
+    files: Vec<StoredFile>,
+    block: usize,
+    config: serde_json::Value,
+    tensors: Vec<PackedTensor>,
+}
+
+impl manifest::Entry for IfEntry {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn files(&self) -> &[StoredFile] {
+        &self.files
+    }
 }
 
 /// The schemes a package is made with.
@@ -75,7 +91,7 @@ pub struct PackageWriter<'a> {
 
 impl<'a> PackageWriter<'a> {
     pub fn new(config: serde_json::Value, scheme: Dtype, flush: impl FnMut(&str, &[u8]) -> Result<()> + 'a) -> Self {
-        let manifest = PackageManifest { format: FORMAT.into(), version: 1, scheme, block: BLOCK, config, tensors: vec![], shards: vec![] };
+        let manifest = PackageManifest { scheme, block: BLOCK, config, tensors: vec![], shards: vec![] };
         PackageWriter { manifest, current: Vec::new(), flush: Box::new(flush) }
     }
 
@@ -113,10 +129,33 @@ impl<'a> PackageWriter<'a> {
 }
 
 impl PackageManifest {
+    /// The manifest as the shared schema's JSON.
+    pub fn to_json(&self) -> String {
+        let entry = IfEntry {
+            name: "unet".into(),
+            kind: Kind::IfUnet,
+            dtype: self.scheme,
+            files: self.shards.clone(),
+            block: self.block,
+            config: self.config.clone(),
+            tensors: self.tensors.clone(),
+        };
+        let m = manifest::Manifest { models: vec![entry], ..Default::default() };
+        serde_json::to_string_pretty(&m).expect("a manifest serialises")
+    }
+
     pub fn parse(json: &str, source: &str) -> Result<(Self, IfConfig)> {
-        let m: PackageManifest = serde_json::from_str(json).map_err(|e| Error::format(source, format!("not a package manifest ({e})")))?;
-        if m.format != FORMAT || m.version != 1 || m.block != BLOCK {
-            return Err(Error::format(source, format!("format {:?} v{} (block {}) is not {FORMAT} v1 (block {BLOCK})", m.format, m.version, m.block)));
+        let mut file = manifest::Manifest::<IfEntry>::parse(json, source).map_err(|e| match e {
+            Error::Format { path, message } => Error::Format { path, message: format!("{message} (not a package manifest)") },
+            e => e,
+        })?;
+        let e = match (file.models.pop(), file.models.is_empty()) {
+            (Some(e), true) if e.kind == Kind::IfUnet => e,
+            _ => return Err(Error::format(source, "a package manifest holds exactly one if-unet entry")),
+        };
+        let m = PackageManifest { scheme: e.dtype, block: e.block, config: e.config, tensors: e.tensors, shards: e.files };
+        if m.block != BLOCK {
+            return Err(Error::format(source, format!("block {} is not this format's {BLOCK}", m.block)));
         }
         if !SCHEMES.contains(&m.scheme) {
             return Err(Error::format(source, format!("scheme {} is not one a package is made with (f16, q8 or q4)", m.scheme)));
@@ -134,9 +173,6 @@ impl PackageManifest {
         }
         if let Some(t) = m.tensors.iter().find(|t| !want.contains_key(&t.name)) {
             return Err(Error::format(source, format!("has an unexpected tensor {}", t.name)));
-        }
-        for s in &m.shards {
-            crate::artifact::check_file_name(&s.file, source)?;
         }
         for t in &m.tensors {
             // The shape equals the config's (checked above), so its product is a sane size.
@@ -156,7 +192,7 @@ impl PackageManifest {
     /// Checks one shard's bytes against the manifest (size, then sha256).
     pub fn verify_shard(&self, index: usize, bytes: &[u8]) -> Result<()> {
         let s = self.shards.get(index).ok_or_else(|| Error::Invalid(format!("shard {index} is not in the manifest ({} shards)", self.shards.len())))?;
-        crate::artifact::verify(&s.file, bytes, s.bytes, &s.sha256)
+        s.verify(bytes)
     }
 
     /// Every tensor decoded to f32, from verified shards.

@@ -225,7 +225,7 @@ pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: crate::
         }
     }
     let manifest = writer.finish()?;
-    crate::image_ops::write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest).unwrap().as_bytes())?;
+    crate::image_ops::write_atomic(&out.join("manifest.json"), manifest.to_json().as_bytes())?;
     Ok(manifest)
 }
 

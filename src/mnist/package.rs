@@ -1,5 +1,6 @@
 //! The packaged model files the page and the CLI load: burnpack bytes (`.bpk`) described by a
-//! `manifest.json` (name, kind, architecture, size, sha256, how it was trained, what it scored).
+//! `manifest.json` in the shared schema (name, kind, architecture, file with size and sha256,
+//! how the page offers it, how it was trained and what it scored).
 //! Loading checks size and hash before parsing, and parsing errors become messages naming the
 //! file, so a truncated or foreign file never panics.
 
@@ -13,24 +14,16 @@ use serde::{Deserialize, Serialize};
 
 use super::classifier::Classifier;
 use super::unet::{Conditioning, UNet, UNetConfig};
+use crate::artifact::manifest::{self, Kind, PageHints, StoredFile};
 use crate::artifact::Dtype;
 use crate::{Error, Result};
 
-/// What a packaged model is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    /// A UNet (denoiser or flow; its conditioning says which).
-    Unet,
-    /// The digit classifier.
-    Classifier,
-}
-
-/// One model in the manifest.
+/// One model of pkg/manifest.json (the shared schema, [`crate::artifact::manifest`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Entry {
     pub name: String,
-    pub kind: ModelKind,
+    /// `mnist-unet` or `mnist-classifier`.
+    pub kind: Kind,
     /// UNet width D (UNets only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<usize>,
@@ -39,66 +32,71 @@ pub struct Entry {
     /// How the file stores floats, f32 or f16 (older manifests: f32).
     #[serde(default = "f32_dtype")]
     pub dtype: Dtype,
-    pub file: String,
-    pub bytes: u64,
-    pub sha256: String,
-    /// Free-form facts: training command, device, wall time, metrics.
+    /// The model file (exactly one).
+    pub files: Vec<StoredFile>,
+    /// How the page offers the model (absent: the page does not list it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<PageHints>,
+    /// Facts: training command, device, wall time, metrics.
     #[serde(default)]
-    pub notes: BTreeMap<String, serde_json::Value>,
+    pub provenance: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: u32,
-    pub models: Vec<Entry>,
+impl manifest::Entry for Entry {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn files(&self) -> &[StoredFile] {
+        &self.files
+    }
 }
 
-impl Manifest {
-    pub fn parse(json: &str, source: &str) -> Result<Self> {
-        let m: Manifest = serde_json::from_str(json).map_err(|e| Error::format(source, format!("not a valid manifest: {e}")))?;
-        if m.format != 1 {
-            return Err(Error::format(source, format!("manifest format {} is not supported (expected 1)", m.format)));
+/// pkg/manifest.json.
+pub type Manifest = manifest::Manifest<Entry>;
+
+/// Parses pkg/manifest.json (any version) and checks what the MNIST models need: one file each
+/// of a float type a model file holds, a UNet's width and conditioning, the page's limits.
+pub fn parse_manifest(json: &str, source: &str) -> Result<Manifest> {
+    let m = Manifest::parse(json, source)?;
+    for e in &m.models {
+        if e.files.len() != 1 {
+            return Err(Error::format(source, format!("entry '{}' lists {} files; an MNIST model is one file", e.name, e.files.len())));
         }
-        for e in &m.models {
-            crate::artifact::check_file_name(&e.file, source)?;
-            if !FLOAT_DTYPES.contains(&e.dtype) {
-                return Err(Error::format(source, format!("entry '{}' is stored as {}; model files hold f32 or f16", e.name, e.dtype)));
-            }
-            if e.kind == ModelKind::Unet {
+        if !FLOAT_DTYPES.contains(&e.dtype) {
+            return Err(Error::format(source, format!("entry '{}' is stored as {}; model files hold f32 or f16", e.name, e.dtype)));
+        }
+        match e.kind {
+            Kind::MnistUnet => {
                 e.unet_config()?;
             }
+            Kind::MnistClassifier => {}
+            Kind::IfUnet => return Err(Error::format(source, format!("entry '{}' is an IF package, not an MNIST model", e.name))),
         }
-        Ok(m)
+        if let Some(p) = &e.page {
+            p.check(&e.name, source)?;
+        }
     }
-
-    pub fn get(&self, name: &str) -> Result<&Entry> {
-        self.models.iter().find(|e| e.name == name).ok_or_else(|| {
-            let names: Vec<_> = self.models.iter().map(|e| e.name.as_str()).collect();
-            Error::Invalid(format!("no model '{name}' in the manifest (it has: {})", names.join(", ")))
-        })
-    }
-
-    /// Adds or replaces an entry of the same name.
-    pub fn upsert(&mut self, entry: Entry) {
-        self.format = 1;
-        self.models.retain(|e| e.name != entry.name);
-        self.models.push(entry);
-    }
+    Ok(m)
 }
 
 impl Entry {
+    /// The model's one file.
+    pub fn file(&self) -> &StoredFile {
+        &self.files[0]
+    }
+
     /// Checks that `bytes` are this entry's file, whole and unaltered.
     pub fn verify(&self, bytes: &[u8]) -> Result<()> {
-        crate::artifact::verify(&self.file, bytes, self.bytes, &self.sha256)
+        self.file().verify(bytes)
     }
 
     pub fn unet_config(&self) -> Result<UNetConfig> {
         match (self.kind, self.hidden, self.conditioning) {
-            (ModelKind::Unet, Some(h), _) if !(1..=super::unet::MAX_HIDDEN).contains(&h) => {
-                Err(Error::format(&self.file, format!("manifest entry '{}' has hidden {h}; a UNet's width D must be 1..={}", self.name, super::unet::MAX_HIDDEN)))
+            (Kind::MnistUnet, Some(h), _) if !(1..=super::unet::MAX_HIDDEN).contains(&h) => {
+                Err(Error::format(&self.file().file, format!("manifest entry '{}' has hidden {h}; a UNet's width D must be 1..={}", self.name, super::unet::MAX_HIDDEN)))
             }
-            (ModelKind::Unet, Some(h), Some(c)) => Ok(UNetConfig::new(h).with_conditioning(c)),
-            _ => Err(Error::format(&self.file, format!("manifest entry '{}' is not a UNet with hidden and conditioning", self.name))),
+            (Kind::MnistUnet, Some(h), Some(c)) => Ok(UNetConfig::new(h).with_conditioning(c)),
+            _ => Err(Error::format(&self.file().file, format!("manifest entry '{}' is not a UNet with hidden and conditioning", self.name))),
         }
     }
 }

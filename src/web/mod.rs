@@ -17,7 +17,8 @@ use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
 use crate::mnist::classifier::{Classifier, argmax_rows};
 use crate::mnist::flow::{FlowPipeline, FlowSampler, Solver, noise};
-use crate::mnist::package::{Manifest, ModelKind, classifier_from_bytes, unet_from_bytes};
+use crate::artifact::manifest::Kind;
+use crate::mnist::package::{Manifest, classifier_from_bytes, parse_manifest, unet_from_bytes};
 use crate::mnist::unet::{Conditioning, UNet};
 use crate::mnist::{PIXELS, SIDE};
 use crate::rng::Rng;
@@ -95,11 +96,17 @@ impl Playground {
         self.adapter.clone()
     }
 
-    /// Reads `pkg/manifest.json`; returns its entries (name, kind, file, bytes, conditioning, notes).
+    /// Reads `pkg/manifest.json` (any version); returns its entries in the current schema (name,
+    /// kind, files, conditioning, page hints, provenance) with each one's total `bytes`.
     #[wasm_bindgen(js_name = setManifest)]
     pub fn set_manifest(&self, json: &str) -> std::result::Result<JsValue, JsValue> {
-        let m = Manifest::parse(json, "pkg/manifest.json").map_err(js_err)?;
-        let out = serde_json::to_string(&m.models).map_err(|e| js_err(Error::Invalid(e.to_string())))?;
+        let m = parse_manifest(json, "pkg/manifest.json").map_err(js_err)?;
+        // Each entry as the manifest has it, plus `bytes`: what fetching it downloads.
+        let mut entries = serde_json::to_value(&m.models).map_err(|e| js_err(Error::Invalid(e.to_string())))?;
+        for (v, e) in entries.as_array_mut().into_iter().flatten().zip(&m.models) {
+            v["bytes"] = e.files.iter().map(|f| f.bytes).sum::<u64>().into();
+        }
+        let out = entries.to_string();
         self.state.borrow_mut().manifest = Some(m);
         js_sys::JSON::parse(&out)
     }
@@ -117,16 +124,17 @@ impl Playground {
             .map_err(js_err)?
             .clone();
         entry.verify(bytes).map_err(js_err)?;
-        let source = format!("pkg/{}", entry.file);
+        let source = format!("pkg/{}", entry.file().file);
         match entry.kind {
-            ModelKind::Unet => {
+            Kind::MnistUnet => {
                 let config = entry.unet_config().map_err(js_err)?;
                 let model = unet_from_bytes(&config, bytes, &source, &self.device).map_err(js_err)?;
                 st.unets.insert(name.to_string(), model);
             }
-            ModelKind::Classifier => {
+            Kind::MnistClassifier => {
                 st.classifier = Some(classifier_from_bytes(bytes, &source, &self.device).map_err(js_err)?);
             }
+            Kind::IfUnet => return Err(js_err(Error::Invalid(format!("{name} is an IF package; this page loads MNIST models")))),
         }
         Ok(())
     }

@@ -301,6 +301,34 @@ test('a denoiser that fails to download gives a readable error, and the next try
   await page.close();
 });
 
+test('the model menu, its lazy loading and the slider limits come from the manifest', async () => {
+  // A manifest whose page hints differ from the shipped ones: another label and order, other
+  // limits, and the time-only model held back until first use.
+  const page = await open(noGpuBrowser, '', (p) => p.route('**/pkg/manifest.json', async (route) => {
+    const res = await route.fetch();
+    const m = JSON.parse(await res.text());
+    const flow = m.models.find((e) => e.name === 'class_flow');
+    flow.page = { ...flow.page, label: 'digits on request', steps: [2, 40, 7], guidance: [1, 3, 2] };
+    const time = m.models.find((e) => e.name === 'time_flow');
+    time.page = { ...time.page, at_start: false };
+    m.models = [time, ...m.models.filter((e) => e !== time)];
+    await route.fulfill({ response: res, body: JSON.stringify(m) });
+  }));
+  await waitReady(page);
+  const options = await page.locator('#model option').evaluateAll((os) => os.map((o) => [o.value, o.textContent]));
+  assert.deepEqual(options.map(([v]) => v).slice(0, 2), ['time_flow', 'class_flow'], 'the manifest\'s order');
+  assert.ok(options.some(([v, t]) => v === 'class_flow' && t === 'digits on request'), JSON.stringify(options));
+  await page.selectOption('#model', 'class_flow');
+  const limits = await page.evaluate(() => ['steps', 'guidance'].map((id) => {
+    const el = document.getElementById(id);
+    return [Number(el.min), Number(el.max)];
+  }));
+  assert.deepEqual(limits, [[2, 40], [1, 3]]);
+  const onDemand = await page.evaluate(() => window.playground.onDemand);
+  assert.ok(onDemand.includes('time_flow') && !onDemand.includes('class_flow'), JSON.stringify(onDemand));
+  await page.close();
+});
+
 test('a missing manifest stops start-up with a readable error', async () => {
   const page = await open(noGpuBrowser, '', (p) => p.route('**/pkg/manifest.json', (r) => r.fulfill({ status: 404, body: 'nope' })));
   await page.waitForFunction(() => window.playground?.errors(), null, { timeout: LOAD_MS });

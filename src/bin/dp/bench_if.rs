@@ -157,7 +157,7 @@ fn quant_error(a: &BenchIfArgs, device: &Device) -> Result<()> {
         }
         let manifest = writer.finish()?;
         let bytes: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
-        let out = run(load_package_bytes(&serde_json::to_string(&manifest).unwrap(), &shards, device)?)?;
+        let out = run(load_package_bytes(&manifest.to_json(), &shards, device)?)?;
         let err = out.iter().zip(&reference).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale;
         println!("{scheme:?}: package {:.2} GB, output error max|out - out_f32| / max|out_f32| = {err:.2e}", bytes as f64 / 1e9);
     }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use diffusion_playground::mnist::classifier::Classifier;
-use diffusion_playground::mnist::package::{self, Entry, Manifest};
+use diffusion_playground::mnist::package::{self, parse_manifest, Entry, Manifest};
 use diffusion_playground::mnist::train::TrainConfig;
 use diffusion_playground::mnist::unet::{UNet, UNetConfig};
 use diffusion_playground::{Error, Result};
@@ -18,16 +18,15 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 pub fn manifest(pkg: &Path) -> Result<Manifest> {
     let p = pkg.join("manifest.json");
     let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    Manifest::parse(&s, &p.display().to_string())
+    parse_manifest(&s, &p.display().to_string())
 }
 
 /// The manifest entry `name` of `pkg/`, with its file's bytes (size and sha256 checked) and path.
 fn pkg_file(name: &str) -> Result<(Entry, Vec<u8>, String)> {
     let m = manifest(Path::new(PKG_DIR))?;
     let entry = m.get(name)?.clone();
-    let path = Path::new(PKG_DIR).join(&entry.file);
-    let bytes = diffusion_playground::artifact::read_in(Path::new(PKG_DIR), &entry.file, entry.bytes, "pkg/manifest.json")?;
-    entry.verify(&bytes)?;
+    let path = Path::new(PKG_DIR).join(&entry.file().file);
+    let bytes = entry.file().read_in(Path::new(PKG_DIR), "pkg/manifest.json")?;
     Ok((entry, bytes, path.display().to_string()))
 }
 

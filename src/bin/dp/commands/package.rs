@@ -7,7 +7,8 @@ use burn::prelude::*;
 use clap::Args;
 use diffusion_playground::artifact::Dtype;
 use diffusion_playground::image_ops::write_atomic;
-use diffusion_playground::mnist::package::{self, Entry, Manifest, ModelKind};
+use diffusion_playground::artifact::manifest::{Kind, PageHints, StoredFile};
+use diffusion_playground::mnist::package::{self, Entry, Manifest};
 use diffusion_playground::mnist::train;
 use diffusion_playground::{Error, Result};
 
@@ -31,6 +32,12 @@ pub(super) struct PackageArgs {
     /// Facts to record, KEY=VALUE (training command, wall time, metrics).
     #[arg(long = "note")]
     notes: Vec<String>,
+    /// List the model on the page with this label (kept from the replaced entry otherwise).
+    #[arg(long)]
+    page_label: Option<String>,
+    /// With --page-label: the page fetches the model when it starts, not at first use.
+    #[arg(long, requires = "page_label")]
+    page_at_start: bool,
 }
 
 pub(super) fn cmd_package(a: PackageArgs, device: &Device) -> Result<()> {
@@ -47,7 +54,7 @@ pub(super) fn cmd_package(a: PackageArgs, device: &Device) -> Result<()> {
     }
     let (bytes, kind, hidden, conditioning) = if a.name.starts_with("classifier") {
         let c = models::load_classifier(&a.from.display().to_string(), device)?;
-        (package::module_to_bytes_as(&c.valid(), a.dtype)?, ModelKind::Classifier, None, None)
+        (package::module_to_bytes_as(&c.valid(), a.dtype)?, Kind::MnistClassifier, None, None)
     } else {
         let (m, _) = models::load_unet(&a.from.display().to_string(), a.epoch, device)?;
         let cfg_path = if a.from.is_dir() { a.from.join("config.json") } else { a.from.parent().unwrap_or(Path::new(".")).join("config.json") };
@@ -55,12 +62,19 @@ pub(super) fn cmd_package(a: PackageArgs, device: &Device) -> Result<()> {
             .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
         notes.entry("train_config".into()).or_insert(serde_json::to_value(&cfg).unwrap());
         let c = m.conditioning();
-        (package::module_to_bytes_as(&m.valid(), a.dtype)?, ModelKind::Unet, Some(cfg.hidden), Some(c))
+        (package::module_to_bytes_as(&m.valid(), a.dtype)?, Kind::MnistUnet, Some(cfg.hidden), Some(c))
     };
     write_atomic(&a.pkg.join(&file), &bytes)?;
     let mpath = a.pkg.join("manifest.json");
     let mut manifest = if mpath.exists() { models::manifest(&a.pkg)? } else { Manifest::default() };
-    manifest.upsert(Entry { name: a.name.clone(), kind, hidden, conditioning, dtype: a.dtype, file: file.clone(), bytes: bytes.len() as u64, sha256: diffusion_playground::artifact::sha256_hex(&bytes), notes });
+    // How the page offers the model: kept from the entry this one replaces, or set by the flags.
+    let kept = manifest.get(&a.name).ok().and_then(|e| e.page.clone());
+    let page = match (a.page_label, kept) {
+        (Some(label), kept) => Some(PageHints { label, at_start: a.page_at_start, ..kept.unwrap_or(PageHints { label: String::new(), at_start: false, steps: None, guidance: None, solver: None }) }),
+        (None, kept) => kept,
+    };
+    let stored = StoredFile { file: file.clone(), bytes: bytes.len() as u64, sha256: diffusion_playground::artifact::sha256_hex(&bytes) };
+    manifest.upsert(Entry { name: a.name.clone(), kind, hidden, conditioning, dtype: a.dtype, files: vec![stored], page, provenance: notes });
     manifest.models.sort_by(|x, y| x.name.cmp(&y.name));
     write_atomic(&mpath, serde_json::to_string_pretty(&manifest).unwrap().as_bytes())?;
     println!("{} ({} bytes) recorded in {}", a.pkg.join(file).display(), bytes.len(), mpath.display());
