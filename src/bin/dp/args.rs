@@ -85,8 +85,7 @@ pub fn seconds(s: &str) -> Result<f64, String> {
 /// One of the library's named choices (solver, recipe, storage type, device, ...): clap lists
 /// the names in --help and refuses any other.
 pub fn choice<T: diffusion_playground::named::Named + Send + Sync>() -> impl clap::builder::TypedValueParser<Value = T> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(T::ALL.iter().map(|v| v.name())).map(|s| T::from_name(&s).expect("clap only passes listed names"))
+    choice_of(T::ALL)
 }
 
 /// A flag naming one of `values` (a subset of a library choice: the dtypes a command takes).
