@@ -234,8 +234,13 @@ fn manifests_and_package_names_stay_inside_their_folder() {
     let (w, d) = workspace("cli-paths", 32);
     let d = d.as_str();
     ok(&w, &["train", "time-flow", "--out", "run", "--data", d, "--hidden", "4", "--batch", "8", "--epochs", "1"]);
+    // The page's hints are set by flags and kept when the model is packaged again without them.
+    ok(&w, &["package", "time_flow", "--from", "run", "--pkg", "pkg", "--page-label", "time only", "--page-at-start"]);
     ok(&w, &["package", "time_flow", "--from", "run", "--pkg", "pkg"]);
     let manifest = std::fs::read_to_string(w.join("pkg/manifest.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!((&v["format"], &v["version"]), (&serde_json::json!("diffusion-playground"), &serde_json::json!(2)));
+    assert_eq!(v["models"][0]["page"], serde_json::json!({"label": "time only", "at_start": true}), "{manifest}");
     std::fs::write(w.join("secret.bpk"), b"outside the package folder").unwrap();
     let entry = |file: &str| {
         let mut v: serde_json::Value = serde_json::from_str(&manifest).unwrap();
