@@ -28,6 +28,13 @@ pub enum View {
     /// tabbed piece shapes come from image files not reproduced here; squares keep the property
     /// that matters, a pixel permutation that reads as a rearranged picture.
     Jigsaw { seed: u64 },
+    /// The disc of radius 3/8 of the side around the centre turned by 180 degrees, the border
+    /// left in place (the research code's `inner_circle`: radius 24 at 64x64).
+    InnerCircle,
+    /// The image as a 3x3 grid of squares, each turned by 90 degrees, alternately clockwise (the
+    /// corners and the centre) and counter-clockwise (the research code's `square_hinge`; the
+    /// last `side % 3` rows and columns stay in place).
+    SquareHinge,
     /// An explicit pixel permutation: `perm[dst] = src` over `H * W` (tests, custom views).
     Permutation(Vec<usize>),
 }
@@ -47,9 +54,11 @@ impl View {
             "patch_permute" => View::PatchPermute { patches: num(8.0)? as usize, seed: 0 },
             "pixel_permute" => View::PatchPermute { patches: 64, seed: 0 },
             "jigsaw" => View::Jigsaw { seed: num(11.0)? as u64 },
+            "inner_circle" => View::InnerCircle,
+            "square_hinge" => View::SquareHinge,
             other => {
                 return Err(Error::Invalid(format!(
-                    "unknown view {other:?}: use identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed]"
+                    "unknown view {other:?}: use identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed], inner_circle, square_hinge"
                 )))
             }
         })
@@ -103,6 +112,44 @@ impl View {
                     return Err(Error::Invalid(format!("the jigsaw view needs a side divisible by 4, got {h}")));
                 }
                 return Ok(Some(jigsaw(h, *seed)));
+            }
+            View::InnerCircle => {
+                square("inner_circle")?;
+                if h % 2 != 0 {
+                    return Err(Error::Invalid(format!("the inner_circle view needs an even side (its half turn is about a pixel corner), got {h}")));
+                }
+                let (n, half) = (h as f64, (h / 2) as f64);
+                let r = 3.0 * n / 8.0;
+                for iy in 0..h {
+                    for ix in 0..w {
+                        // Pixel centres about the image centre; inside the disc, the point reflected
+                        // through it (as the research code computes it, with its half-pixel offset).
+                        let (x, y) = (ix as f64 - half + 0.5, iy as f64 - half + 0.5);
+                        let (x, y) = if x * x + y * y < r * r { (-x, -y) } else { (x, y) };
+                        let (sx, sy) = ((x + half - 0.5) as usize, (y + half - 0.5) as usize);
+                        p[idx(iy, ix)] = idx(sy.min(h - 1), sx.min(w - 1));
+                    }
+                }
+            }
+            View::SquareHinge => {
+                square("square_hinge")?;
+                for (r, c) in (0..h).flat_map(|r| (0..w).map(move |c| (r, c))) {
+                    p[idx(r, c)] = idx(r, c);
+                }
+                let s = h / 3;
+                for bi in 0..3 {
+                    for bj in 0..3 {
+                        let (r0, c0) = (bi * s, bj * s);
+                        for a in 0..s {
+                            for b in 0..s {
+                                // torch.rot90 of the block: k = -1 (clockwise) where bi + bj is
+                                // even, out[a][b] = in[s-1-b][a]; k = 1 otherwise, in[b][s-1-a].
+                                let (sa, sb) = if (bi + bj) % 2 == 0 { (s - 1 - b, a) } else { (b, s - 1 - a) };
+                                p[idx(r0 + a, c0 + b)] = idx(r0 + sa, c0 + sb);
+                            }
+                        }
+                    }
+                }
             }
             View::Permutation(perm) => {
                 let mut seen = vec![false; h * w];
@@ -217,7 +264,7 @@ mod tests {
     fn every_view_is_a_permutation_and_inverts() {
         let device = Device::flex();
         let x = Tensor::<4>::random([1, 6, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        for v in ["flip", "rotate_cw", "rotate_ccw", "rotate_180", "skew", "patch_permute:4", "pixel_permute", "jigsaw"] {
+        for v in ["flip", "rotate_cw", "rotate_ccw", "rotate_180", "skew", "patch_permute:4", "pixel_permute", "jigsaw", "inner_circle", "square_hinge"] {
             let mut view = View::parse(v).unwrap();
             if let View::PatchPermute { patches: 64, .. } = view {
                 view = View::PatchPermute { patches: 16, seed: 3 };
@@ -241,6 +288,25 @@ mod tests {
         assert_eq!(s, 0.0);
     }
 
+    /// The research code's permutations, worked by hand on small images.
+    #[test]
+    fn inner_circle_and_square_hinge_match_the_research_code() {
+        // 64x64, radius 24: the centre's four pixels swap across it; a corner stays.
+        let p = View::InnerCircle.permutation(64, 64).unwrap().unwrap();
+        assert_eq!((p[32 * 64 + 32], p[31 * 64 + 31], p[31 * 64 + 32]), (31 * 64 + 31, 32 * 64 + 32, 32 * 64 + 31));
+        assert_eq!(p[0], 0);
+        // Radius 24 reaches pixel (32, 55) (x = 23.5) but not (32, 56) (x = 24.5).
+        assert_eq!((p[32 * 64 + 55], p[32 * 64 + 56]), (31 * 64 + 8, 32 * 64 + 56));
+        assert!((0..64 * 64).all(|i| p[p[i]] == i), "a half turn is its own inverse");
+        // 6x6: squares of 2; block (0, 0) turns clockwise, block (0, 1) counter-clockwise.
+        let h = View::SquareHinge.permutation(6, 6).unwrap().unwrap();
+        assert_eq!([h[0], h[1], h[6], h[7]], [6, 0, 7, 1]);
+        assert_eq!([h[2], h[3], h[8], h[9]], [3, 9, 2, 8]);
+        // 7x7: the last row and column stay.
+        let h = View::SquareHinge.permutation(7, 7).unwrap().unwrap();
+        assert!((0..7).all(|i| h[6 * 7 + i] == 6 * 7 + i && h[i * 7 + 6] == i * 7 + 6));
+    }
+
     #[test]
     fn jigsaw_keeps_corners_in_corners() {
         let n = 16;
@@ -259,5 +325,7 @@ mod tests {
         assert!(View::RotateCw.permutation(8, 16).is_err());
         assert!(View::PatchPermute { patches: 5, seed: 0 }.permutation(16, 16).is_err());
         assert!(View::Permutation(vec![0, 0, 1, 2]).permutation(2, 2).is_err());
+        assert!(View::InnerCircle.permutation(15, 15).is_err());
+        assert!(View::SquareHinge.permutation(6, 9).is_err());
     }
 }

@@ -164,7 +164,7 @@ enum IfCommand {
     Anagram {
         #[arg(long, required = true)]
         prompt: Vec<String>,
-        /// identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed]
+        /// identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed], inner_circle, square_hinge
         #[arg(long, required = true)]
         view: Vec<String>,
     },
