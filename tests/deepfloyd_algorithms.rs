@@ -136,6 +136,12 @@ fn hybrid_images_and_the_blur() {
     let tr = IfPipeline::new(&m, &s).with_x0_mode(X0Mode::None).hybrid(32, &fx.prompt("p1", true), &fx.prompt("p2", true), Blur { kernel: 33, sigma: 2.0 }, G, &mut RunContext::new(&mut n)).unwrap();
     all_used("hybrid", n);
     assert_close("hybrid", tr.image, &fx, 1e-5);
+    // The same factorization as anagram components: low_pass + high_pass sum to hybrid's eps.
+    let mut n = fx.noise("hybrid");
+    let pairs = vec![(View::LowPass(2.0), fx.prompt("p1", true)), (View::HighPass(2.0), fx.prompt("p2", true))];
+    let tr = IfPipeline::new(&m, &s).with_x0_mode(X0Mode::None).visual_anagram(32, &pairs, G, &mut RunContext::new(&mut n)).unwrap();
+    all_used("hybrid as components", n);
+    assert_close("hybrid", tr.image, &fx, 1e-5);
 }
 
 #[test]
@@ -162,6 +168,10 @@ fn cancelling_and_bad_arguments_are_errors() {
     let mut n = fx.noise("hybrid");
     let e = pipe.hybrid(16, &fx.prompt("p1", true), &fx.prompt("p2", true), Blur { kernel: 33, sigma: 2.0 }, G, &mut RunContext::new(&mut n)).err().unwrap();
     assert!(e.to_string().contains("kernel 33"), "{e}");
+    let mut n = fx.noise("hybrid");
+    let mixed = vec![(View::Flip, fx.prompt("p1", true)), (View::Grayscale, fx.prompt("p2", true))];
+    let e = pipe.visual_anagram(32, &mixed, G, &mut RunContext::new(&mut n)).err().unwrap();
+    assert!(e.to_string().contains("use one kind"), "{e}");
     // Guidance other than 1 needs the null prompt.
     let mut n = fx.noise("sample");
     let e = pipe.sample(1, 16, &fx.prompt("p1", false), G, &mut RunContext::new(&mut n)).err().unwrap();

@@ -199,12 +199,21 @@ impl<'m, M: Denoiser> IfPipeline<'m, M> {
 
     /// Visual anagrams: every (view, prompt) pair sees the viewed image; the inverse views of
     /// the guided outputs (eps and v) are averaged. Two pairs with `flip` give the course's
-    /// upside-down illusion.
+    /// upside-down illusion. With factorization components (`View::is_component`) every prompt
+    /// sees the image and the components' eps are summed (factorized diffusion: `low_pass` +
+    /// `high_pass` is `hybrid`).
     pub fn visual_anagram(&self, side: usize, views: &[(View, Prompt)], guidance: f32, ctx: &mut RunContext) -> Result<Trajectory> {
         let first = views.first().ok_or_else(|| Error::Invalid("a visual anagram needs at least one (view, prompt) pair".into()))?;
         for (v, _) in views {
             v.permutation(side, side)?; // size checks before any compute
         }
+        // Rearrangements average their estimates; a factorization's components sum theirs (the
+        // variance estimates are averaged either way).
+        let components = views.iter().filter(|(v, _)| v.is_component()).count();
+        if components != 0 && components != views.len() {
+            return Err(Error::Invalid("the views mix rearrangements (flip, rotate, ...) with factorization components (low_pass, grayscale, ...): use one kind".into()));
+        }
+        let sum_eps = components > 0;
         let x = ctx.noise.next([1, 3, side, side], &first.1.cond.device())?;
         let n = views.len() as f32;
         let model = self.model;
@@ -221,7 +230,12 @@ impl<'m, M: Denoiser> IfPipeline<'m, M> {
                         Some(s) => s + out,
                     });
                 }
-                Ok(sum.unwrap() / n)
+                let sum = sum.expect("at least one view");
+                if !sum_eps {
+                    return Ok(sum / n);
+                }
+                let [b, c, h, w] = sum.dims();
+                Ok(Tensor::cat(vec![sum.clone().slice([0..b, 0..3, 0..h, 0..w]), sum.slice([0..b, 3..c, 0..h, 0..w]) / n], 1))
             },
             &mut |x, _, _| Ok(x),
         )

@@ -5,6 +5,7 @@
 use burn::prelude::*;
 use burn::tensor::Int;
 
+use crate::image_ops::gaussian_blur;
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -37,6 +38,19 @@ pub enum View {
     SquareHinge,
     /// An explicit pixel permutation: `perm[dst] = src` over `H * W` (tests, custom views).
     Permutation(Vec<usize>),
+    /// Factorized diffusion's components: each prompt sees the image itself, and the inverse
+    /// keeps one part of the noise estimate; the parts of one factorization add up to the whole,
+    /// so the sampler sums them (the research code's `reduction = "sum"`). Gaussian low / high
+    /// pass of sigma (at 64x64; research default 2) with 33 taps.
+    LowPass(f32),
+    HighPass(f32),
+    /// Three bands split by Gaussians of sigma 1, then 2 (25 taps): low, medium, high.
+    TripleLowPass,
+    TripleMediumPass,
+    TripleHighPass,
+    /// The channels' mean, and what is left of the colour.
+    Grayscale,
+    Color,
 }
 
 impl View {
@@ -56,9 +70,21 @@ impl View {
             "jigsaw" => View::Jigsaw { seed: num(11.0)? as u64 },
             "inner_circle" => View::InnerCircle,
             "square_hinge" => View::SquareHinge,
+            "low_pass" | "high_pass" => {
+                let sigma = num(2.0)? as f32;
+                if !(sigma.is_finite() && sigma > 0.0) {
+                    return Err(Error::Invalid(format!("view {s}: the blur's sigma must be a positive number")));
+                }
+                if name == "low_pass" { View::LowPass(sigma) } else { View::HighPass(sigma) }
+            }
+            "triple_low_pass" => View::TripleLowPass,
+            "triple_medium_pass" => View::TripleMediumPass,
+            "triple_high_pass" => View::TripleHighPass,
+            "grayscale" => View::Grayscale,
+            "color" => View::Color,
             other => {
                 return Err(Error::Invalid(format!(
-                    "unknown view {other:?}: use identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed], inner_circle, square_hinge"
+                    "unknown view {other:?}: use identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed], inner_circle, square_hinge, or the components low_pass[:sigma], high_pass[:sigma], triple_low_pass, triple_medium_pass, triple_high_pass, grayscale, color"
                 )))
             }
         })
@@ -70,6 +96,9 @@ impl View {
         let square = |what: &str| if h == w { Ok(()) } else { Err(Error::Invalid(format!("the {what} view needs a square image, got {h}x{w}"))) };
         let idx = |r: usize, c: usize| r * w + c;
         let mut p = vec![0usize; h * w];
+        if self.is_component() {
+            return Ok(None);
+        }
         match self {
             View::Identity | View::Negate => return Ok(None),
             View::Flip => (0..h).for_each(|r| (0..w).for_each(|c| p[idx(r, c)] = idx(h - 1 - r, c))),
@@ -158,8 +187,47 @@ impl View {
                 }
                 return Ok(Some(perm.clone()));
             }
+            _ => unreachable!("components return above"),
         }
         Ok(Some(p))
+    }
+
+    /// Whether this is a factorized-diffusion component (summed by the sampler) rather than a
+    /// rearrangement of the image (averaged).
+    pub fn is_component(&self) -> bool {
+        matches!(self, View::LowPass(_) | View::HighPass(_) | View::TripleLowPass | View::TripleMediumPass | View::TripleHighPass | View::Grayscale | View::Color)
+    }
+
+    /// This component's part of `e`; the whole for a view that is not a component.
+    ///
+    /// # Shapes
+    /// `[B, C, H, W] -> [B, C, H, W]`
+    fn component(&self, e: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = e.dims();
+        // The research code scales the blur with the side (factor h / 64: 33 taps at 64x64, 129 at
+        // 256); below 64 the kernel shrinks to the widest the reflect padding allows.
+        let blur = |x: Tensor<4>, taps: usize, sigma: f32| {
+            let factor = (h / 64).max(1);
+            let k = (taps * factor + (factor + 1) % 2).min(2 * h - 1);
+            gaussian_blur(x, k, sigma * factor as f32)
+        };
+        let bands = |e: Tensor<4>| {
+            let mp = blur(e.clone(), 25, 1.0);
+            let hp = e - mp.clone();
+            let lp = blur(mp.clone(), 25, 2.0);
+            (lp.clone(), mp - lp, hp)
+        };
+        let grey = |e: Tensor<4>| e.mean_dim(1).expand([b, c, h, w]);
+        match self {
+            View::LowPass(s) => blur(e, 33, *s),
+            View::HighPass(s) => e.clone() - blur(e, 33, *s),
+            View::TripleLowPass => bands(e).0,
+            View::TripleMediumPass => bands(e).1,
+            View::TripleHighPass => bands(e).2,
+            View::Grayscale => grey(e),
+            View::Color => e.clone() - grey(e),
+            _ => e,
+        }
     }
 
     /// The view applied to a batch of images (any channel count).
@@ -170,6 +238,7 @@ impl View {
         let [_, _, h, w] = x.dims();
         match self {
             View::Negate => Ok(x.neg()),
+            _ if self.is_component() => Ok(x),
             _ => Ok(match self.permutation(h, w)? {
                 Some(p) => gather(x, &p),
                 None => x,
@@ -184,6 +253,10 @@ impl View {
     pub fn invert(&self, y: Tensor<4>, eps_channels: usize) -> Result<Tensor<4>> {
         let [b, c, h, w] = y.dims();
         match self {
+            _ if self.is_component() => {
+                let eps = self.component(y.clone().slice([0..b, 0..eps_channels, 0..h, 0..w]));
+                Ok(Tensor::cat(vec![eps, y.slice([0..b, eps_channels..c, 0..h, 0..w])], 1))
+            }
             View::Negate => {
                 let eps = y.clone().slice([0..b, 0..eps_channels, 0..h, 0..w]).neg();
                 let rest = y.slice([0..b, eps_channels..c, 0..h, 0..w]);
@@ -305,6 +378,27 @@ mod tests {
         // 7x7: the last row and column stay.
         let h = View::SquareHinge.permutation(7, 7).unwrap().unwrap();
         assert!((0..7).all(|i| h[6 * 7 + i] == 6 * 7 + i && h[i * 7 + 6] == i * 7 + 6));
+    }
+
+    #[test]
+    fn the_components_of_a_factorization_add_up_to_the_whole() {
+        let device = Device::flex();
+        let x = Tensor::<4>::random([1, 6, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        for parts in [vec!["low_pass", "high_pass"], vec!["low_pass:3", "high_pass:3"], vec!["triple_low_pass", "triple_medium_pass", "triple_high_pass"], vec!["grayscale", "color"]] {
+            let views: Vec<View> = parts.iter().map(|v| View::parse(v).unwrap()).collect();
+            assert!(views.iter().all(View::is_component));
+            assert_eq!(views[0].apply(x.clone()).unwrap().into_data(), x.clone().into_data(), "{parts:?}: every prompt sees the image");
+            let sum = views.iter().map(|v| v.invert(x.clone(), 3).unwrap()).reduce(|a, b| a + b).unwrap();
+            let eps: f32 = (sum.clone().slice([0..1, 0..3]) - x.clone().slice([0..1, 0..3])).abs().max().into_scalar();
+            assert!(eps < 1e-5, "{parts:?}: the parts sum to {eps} away from the estimate");
+            // The variance channels are each view's own: summed, n copies.
+            let var: f32 = (sum.slice([0..1, 3..6]) - x.clone().slice([0..1, 3..6]) * parts.len() as f32).abs().max().into_scalar();
+            assert!(var < 1e-5, "{parts:?}");
+        }
+        let grey = View::Grayscale.invert(x.clone(), 3).unwrap();
+        let spread: f32 = (grey.clone().slice([0..1, 0..1]) - grey.slice([0..1, 2..3])).abs().max().into_scalar();
+        assert_eq!(spread, 0.0, "grayscale is the same in every channel");
+        assert!(View::parse("low_pass:0").is_err() && View::parse("high_pass:nan").is_err());
     }
 
     #[test]
