@@ -51,6 +51,12 @@ pub enum View {
     /// The channels' mean, and what is left of the colour.
     Grayscale,
     Color,
+    /// A diagonal motion blur of this many taps (at 64x64; research default 7), and what is
+    /// left after it.
+    Motion(usize),
+    MotionResidual(usize),
+    /// The estimate times this factor (research default 0.5: two of them make the whole).
+    Scale(f32),
 }
 
 impl View {
@@ -82,9 +88,23 @@ impl View {
             "triple_high_pass" => View::TripleHighPass,
             "grayscale" => View::Grayscale,
             "color" => View::Color,
+            "motion" | "motion_res" => {
+                let taps = num(7.0)?;
+                if !(taps >= 1.0 && taps <= 63.0 && taps.fract() == 0.0) {
+                    return Err(Error::Invalid(format!("view {s}: the blur's length must be a whole number 1..=63")));
+                }
+                if name == "motion" { View::Motion(taps as usize) } else { View::MotionResidual(taps as usize) }
+            }
+            "scale" => {
+                let f = num(0.5)? as f32;
+                if !f.is_finite() {
+                    return Err(Error::Invalid(format!("view {s}: the scale must be a finite number")));
+                }
+                View::Scale(f)
+            }
             other => {
                 return Err(Error::Invalid(format!(
-                    "unknown view {other:?}: use identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed], inner_circle, square_hinge, or the components low_pass[:sigma], high_pass[:sigma], triple_low_pass, triple_medium_pass, triple_high_pass, grayscale, color"
+                    "unknown view {other:?}: use identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed], inner_circle, square_hinge, or the components low_pass[:sigma], high_pass[:sigma], triple_low_pass, triple_medium_pass, triple_high_pass, grayscale, color, motion[:n], motion_res[:n], scale[:f]"
                 )))
             }
         })
@@ -195,7 +215,10 @@ impl View {
     /// Whether this is a factorized-diffusion component (summed by the sampler) rather than a
     /// rearrangement of the image (averaged).
     pub fn is_component(&self) -> bool {
-        matches!(self, View::LowPass(_) | View::HighPass(_) | View::TripleLowPass | View::TripleMediumPass | View::TripleHighPass | View::Grayscale | View::Color)
+        matches!(
+            self,
+            View::LowPass(_) | View::HighPass(_) | View::TripleLowPass | View::TripleMediumPass | View::TripleHighPass | View::Grayscale | View::Color | View::Motion(_) | View::MotionResidual(_) | View::Scale(_)
+        )
     }
 
     /// This component's part of `e`; the whole for a view that is not a component.
@@ -226,6 +249,9 @@ impl View {
             View::TripleHighPass => bands(e).2,
             View::Grayscale => grey(e),
             View::Color => e.clone() - grey(e),
+            View::Motion(n) => motion_blur(e, *n),
+            View::MotionResidual(n) => e.clone() - motion_blur(e, *n),
+            View::Scale(f) => e * *f,
             _ => e,
         }
     }
@@ -274,6 +300,28 @@ impl View {
             }),
         }
     }
+}
+
+/// The research code's motion blur: each channel correlated with `eye(taps) / taps` (scaled
+/// with the side, odd), zero padding of half its width.
+///
+/// # Shapes
+/// `[B, C, H, W] -> [B, C, H, W]`
+fn motion_blur(x: Tensor<4>, taps: usize) -> Tensor<4> {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    let [_, c, h, w] = x.dims();
+    let factor = (h / 64).max(1);
+    // Odd, and no wider than the image (a wider kernel only adds zeros).
+    let k = (taps * factor + (factor + 1) % 2).min(2 * h.min(w) - 1) | 1;
+    let mut kernel = vec![0f32; c * k * k];
+    for ch in 0..c {
+        for i in 0..k {
+            kernel[ch * k * k + i * k + i] = 1.0 / k as f32;
+        }
+    }
+    let weight = Tensor::<4>::from_data(TensorData::new(kernel, [c, 1, k, k]), &x.device());
+    conv2d(x, weight, None, ConvOptions::new([1, 1], [k / 2, k / 2], [1, 1], c))
 }
 
 /// `out[.., dst] = x[.., perm[dst]]` over the flattened pixels.
@@ -384,7 +432,17 @@ mod tests {
     fn the_components_of_a_factorization_add_up_to_the_whole() {
         let device = Device::flex();
         let x = Tensor::<4>::random([1, 6, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        for parts in [vec!["low_pass", "high_pass"], vec!["low_pass:3", "high_pass:3"], vec!["triple_low_pass", "triple_medium_pass", "triple_high_pass"], vec!["grayscale", "color"]] {
+        let factorizations = [
+            vec!["low_pass", "high_pass"],
+            vec!["low_pass:3", "high_pass:3"],
+            vec!["triple_low_pass", "triple_medium_pass", "triple_high_pass"],
+            vec!["grayscale", "color"],
+            vec!["motion", "motion_res"],
+            vec!["motion:3", "motion_res:3"],
+            vec!["scale", "scale"],
+            vec!["scale:0.25", "scale:0.75"],
+        ];
+        for parts in factorizations {
             let views: Vec<View> = parts.iter().map(|v| View::parse(v).unwrap()).collect();
             assert!(views.iter().all(View::is_component));
             assert_eq!(views[0].apply(x.clone()).unwrap().into_data(), x.clone().into_data(), "{parts:?}: every prompt sees the image");
@@ -399,6 +457,16 @@ mod tests {
         let spread: f32 = (grey.clone().slice([0..1, 0..1]) - grey.slice([0..1, 2..3])).abs().max().into_scalar();
         assert_eq!(spread, 0.0, "grayscale is the same in every channel");
         assert!(View::parse("low_pass:0").is_err() && View::parse("high_pass:nan").is_err());
+        assert!(View::parse("motion:0").is_err() && View::parse("motion:2.5").is_err() && View::parse("scale:inf").is_err());
+        // The motion blur averages along the diagonal: a single bright pixel becomes a line.
+        let mut dot = vec![0f32; 9 * 9];
+        dot[4 * 9 + 4] = 1.0;
+        let dot = Tensor::<4>::from_data(TensorData::new(dot, [1, 1, 9, 9]), &device);
+        let line: Vec<f32> = motion_blur(dot, 3).into_data().try_to_vec().unwrap();
+        for (i, v) in line.iter().enumerate() {
+            let want = if [3 * 9 + 3, 4 * 9 + 4, 5 * 9 + 5].contains(&i) { 1.0 / 3.0 } else { 0.0 };
+            assert!((v - want).abs() < 1e-6, "pixel {i}: {v}");
+        }
     }
 
     #[test]

@@ -165,7 +165,7 @@ enum IfCommand {
         #[arg(long, required = true)]
         prompt: Vec<String>,
         /// identity, flip, rotate_cw, rotate_ccw, rotate_180, negate, skew[:f], patch_permute[:n], pixel_permute, jigsaw[:seed], inner_circle, square_hinge;
-        /// or factorization components, all of one kind: low_pass[:sigma], high_pass[:sigma], triple_low_pass, triple_medium_pass, triple_high_pass, grayscale, color
+        /// or factorization components, all of one kind: low_pass[:sigma], high_pass[:sigma], triple_low_pass, triple_medium_pass, triple_high_pass, grayscale, color, motion[:n], motion_res[:n], scale[:f]
         #[arg(long, required = true)]
         view: Vec<String>,
     },
