@@ -158,3 +158,59 @@ fn a_stopped_conversion_leaves_no_package() {
     assert!(!names.iter().any(|n| n == "manifest.json" || n.ends_with(".tmp")), "{names:?}");
     assert!(load_package_dir(&out, &Device::flex()).is_err());
 }
+
+/// The converter the page drives (headers, then a planned list of byte ranges, then one tensor
+/// at a time) refuses what would make a wrong package, and makes the same package as `dp convert`.
+#[test]
+fn the_page_converter_checks_its_inputs_and_matches_convert_dir() {
+    use diffusion_playground::artifact::safetensors::read_header;
+    use diffusion_playground::deepfloyd::convert::Converter;
+    let dir = Path::new(FIX).join("tiny_m/unet");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let file = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let header = || read_header(&file, file.len() as u64, "w").unwrap();
+    let new = || Converter::new(&config, "config.json", Dtype::F16, |_: &str, _: &[u8]| Ok(())).unwrap();
+
+    // A key in two files (the .fp16 and the full-precision weights picked together).
+    let mut c = new();
+    c.add_file("a.safetensors", header()).unwrap();
+    let e = c.add_file("b.safetensors", header()).unwrap_err().to_string();
+    assert!(e.contains("holds too") && e.contains("one download"), "{e}");
+    // Nothing planned, tensors out of order, a tensor of the wrong length, an unfinished run.
+    let mut c = new();
+    assert!(c.plan().unwrap_err().to_string().contains("no weight file"));
+    c.add_file("w", header()).unwrap();
+    let plan = c.plan().unwrap();
+    let bytes = |i: usize| &file[plan[i].start as usize..plan[i].end as usize];
+    let e = c.add(&plan[1].name, bytes(1)).unwrap_err().to_string();
+    assert!(e.contains(&format!("expected the tensor {} next", plan[0].name)), "{e}");
+    let e = c.add(&plan[0].name, &bytes(0)[1..]).unwrap_err().to_string();
+    assert!(e.contains("cut short"), "{e}");
+    c.add(&plan[0].name, bytes(0)).unwrap();
+    assert_eq!(c.progress(), (1, plan.len()));
+    assert!(c.finish().unwrap_err().to_string().contains(&format!("1 of {} tensors", plan.len())));
+    // A NaN in a tensor's bytes.
+    let mut c = new();
+    c.add_file("w", header()).unwrap();
+    let plan = c.plan().unwrap();
+    let mut nan = file[plan[0].start as usize..plan[0].end as usize].to_vec();
+    nan[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    assert!(c.add(&plan[0].name, &nan).unwrap_err().to_string().contains("NaN"));
+
+    // Whole: the same manifest, hashes included, as `dp convert` writes.
+    let shards = std::cell::RefCell::new(Vec::new());
+    let mut c = Converter::new(&config, "config.json", Dtype::F16, |f: &str, b: &[u8]| {
+        shards.borrow_mut().push((f.to_string(), b.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    c.add_file("diffusion_pytorch_model.safetensors", header()).unwrap();
+    for p in c.plan().unwrap() {
+        c.add(&p.name, &file[p.start as usize..p.end as usize]).unwrap();
+    }
+    let m = c.finish().unwrap();
+    let out = common::tmp("pkg-converter");
+    let want = convert_dir(&dir, &out, Dtype::F16, |_, _| true).unwrap();
+    assert_eq!(m.to_json(), want.to_json());
+    assert_eq!(shards.borrow().len(), want.shards.len());
+}

@@ -66,6 +66,12 @@ impl PromptEmbeddings {
         Self::from_bytes(bytes, &source)
     }
 
+    /// The embeddings as a safetensors file (a `.pth` read on the desktop becomes what the page
+    /// reads).
+    pub fn safetensors_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.header.tensors.keys().map(|s| s.as_str())
     }

@@ -5,6 +5,7 @@
 //! passes bytes.
 
 pub mod config;
+pub mod convert;
 pub mod embeddings;
 pub mod package;
 pub mod pipeline;

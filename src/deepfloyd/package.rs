@@ -195,27 +195,46 @@ impl PackageManifest {
         s.verify(bytes)
     }
 
-    /// Every tensor decoded to f32, from verified shards.
-    pub fn tensors_f32(&self, shards: &[Vec<u8>]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    /// Checks the shards: as many as listed, each of its size and sha256.
+    pub fn verify_shards(&self, shards: &[Vec<u8>]) -> Result<()> {
         if shards.len() != self.shards.len() {
             return Err(Error::Invalid(format!("{} shards given, the manifest lists {}", shards.len(), self.shards.len())));
         }
-        for (i, b) in shards.iter().enumerate() {
-            self.verify_shard(i, b)?;
+        shards.iter().enumerate().try_for_each(|(i, b)| self.verify_shard(i, b))
+    }
+
+    /// One tensor decoded to f32 from verified shards, checked for NaN and infinity.
+    pub fn tensor_f32(&self, t: &PackedTensor, shards: &[Vec<u8>]) -> Result<Vec<f32>> {
+        let mut bytes = Vec::new();
+        for p in &t.pieces {
+            bytes.extend_from_slice(&shards[p.shard][p.offset as usize..(p.offset + p.bytes) as usize]);
         }
-        self.tensors
-            .iter()
-            .map(|t| {
-                let mut bytes = Vec::new();
-                for p in &t.pieces {
-                    bytes.extend_from_slice(&shards[p.shard][p.offset as usize..(p.offset + p.bytes) as usize]);
-                }
-                // A NaN block scale shows as NaN values, so this covers the scales too.
-                let values = t.dtype.decode(&bytes, t.shape.iter().product()).map_err(|e| Error::format("the package", format!("tensor {}: {e}", t.name)))?;
-                crate::artifact::check_finite(&t.name, &values, "the package")?;
-                Ok((t.name.clone(), t.shape.clone(), values))
-            })
-            .collect()
+        // A NaN block scale shows as NaN values, so this covers the scales too.
+        let values = t.dtype.decode(&bytes, t.shape.iter().product()).map_err(|e| Error::format("the package", format!("tensor {}: {e}", t.name)))?;
+        crate::artifact::check_finite(&t.name, &values, "the package")?;
+        Ok(values)
+    }
+
+    /// Every tensor decoded to f32, from shards checked here.
+    pub fn tensors_f32(&self, shards: &[Vec<u8>]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        self.verify_shards(shards)?;
+        self.tensors.iter().map(|t| Ok((t.name.clone(), t.shape.clone(), self.tensor_f32(t, shards)?))).collect()
+    }
+
+    /// The bytes of the largest tensor once on a device computing in `compute` (what one GPU
+    /// buffer must hold).
+    pub fn largest_tensor_bytes(&self, compute: Dtype) -> u64 {
+        self.tensors.iter().map(|t| compute.bytes(t.shape.iter().product()) as u64).max().unwrap_or(0)
+    }
+
+    /// The package's total size (what a download fetches).
+    pub fn total_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.bytes).sum()
+    }
+
+    /// The model's parameter count.
+    pub fn parameters(&self) -> u64 {
+        self.tensors.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum()
     }
 }
 

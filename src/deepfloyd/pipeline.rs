@@ -17,6 +17,7 @@ use super::scheduler::{DdpmScheduler, X0Mode};
 use super::unet::IfUNet;
 use super::views::View;
 use crate::image_ops::gaussian_blur;
+use crate::rng::Rng;
 pub use crate::sampling::{InjectedNoise, NoiseSource, OnStep, RunContext, SeededNoise, Trajectory};
 use crate::{Error, Result};
 
@@ -117,26 +118,118 @@ impl<'m, M: Denoiser> IfPipeline<'m, M> {
         Ok(())
     }
 
-    /// The generic loop: from `x` at timesteps[i_start], each step gets the model output from
-    /// `output(x_t, t)` and may post-process x_t' with `after(x_t', t', noise)`.
-    fn denoise_loop(
-        &self,
-        mut x: Tensor<4>,
-        i_start: usize,
-        ctx: &mut RunContext,
-        output: &mut dyn FnMut(Tensor<4>, usize) -> Result<Tensor<4>>,
-        after: &mut dyn FnMut(Tensor<4>, usize, &mut dyn NoiseSource) -> Result<Tensor<4>>,
-    ) -> Result<Trajectory> {
-        self.check_start(i_start)?;
+    /// Checks `task` and draws its starting state: `(x, i_start)`, x at timesteps[i_start].
+    /// Every size and setting is checked here, before any model call.
+    pub fn start(&self, task: &Task, noise: &mut dyn NoiseSource) -> Result<(Tensor<4>, usize)> {
+        match task {
+            Task::Sample { batch, side, prompt } => Ok((noise.next([*batch, 3, *side, *side], &prompt.cond.device())?, 0)),
+            Task::Iterative { x, i_start, .. } => {
+                self.check_start(*i_start)?;
+                Ok((x.clone(), *i_start))
+            }
+            Task::Sdedit { image, i_start, .. } => {
+                self.check_start(*i_start)?;
+                Ok((self.forward_noise(image.clone(), self.scheduler.timesteps()[*i_start], noise)?, *i_start))
+            }
+            Task::Inpaint { original, mask, .. } => {
+                let [b, c, h, w] = original.dims();
+                let [mb, mc, mh, mw] = mask.dims();
+                if (mh, mw) != (h, w) || !(mb == 1 || mb == b) || !(mc == 1 || mc == c) {
+                    return Err(Error::Invalid(format!("the mask is {mh}x{mw} ({mb}x{mc} planes) but the image is {h}x{w}: draw the mask on the image itself")));
+                }
+                Ok((noise.next([b, c, h, w], &original.device())?, 0))
+            }
+            Task::Anagram { side, views } => {
+                let first = views.first().ok_or_else(|| Error::Invalid("a visual anagram needs at least one (view, prompt) pair".into()))?;
+                for (v, _) in views.iter() {
+                    v.permutation(*side, *side)?; // size checks before any compute
+                }
+                let components = views.iter().filter(|(v, _)| v.is_component()).count();
+                if components != 0 && components != views.len() {
+                    return Err(Error::Invalid("the views mix rearrangements (flip, rotate, ...) with factorization components (low_pass, grayscale, ...): use one kind".into()));
+                }
+                Ok((noise.next([1, 3, *side, *side], &first.1.cond.device())?, 0))
+            }
+            Task::Hybrid { side, low, blur: Blur { kernel, sigma }, .. } => {
+                if kernel % 2 == 0 || kernel / 2 >= *side {
+                    return Err(Error::Invalid(format!("blur kernel {kernel} must be odd and its half-width below the image side {side}")));
+                }
+                // sigma 0 divides by zero in the kernel's weights; NaN or infinity makes every weight NaN or equal.
+                if !(sigma.is_finite() && *sigma > 0.0) {
+                    return Err(Error::Invalid(format!("blur sigma must be a positive number, got {sigma}")));
+                }
+                Ok((noise.next([1, 3, *side, *side], &low.cond.device())?, 0))
+            }
+        }
+    }
+
+    /// The 6-channel output the update uses for `x` at `t`: the guided output, or the views'
+    /// and frequency bands' combination.
+    pub fn output(&self, task: &Task, x: Tensor<4>, t: usize, guidance: f32) -> Result<Tensor<4>> {
+        let model = self.model;
+        match task {
+            Task::Sample { prompt, .. } | Task::Iterative { prompt, .. } | Task::Sdedit { prompt, .. } | Task::Inpaint { prompt, .. } => guided(model, x, t, prompt, guidance),
+            Task::Anagram { views, .. } => {
+                // Rearrangements average their estimates; a factorization's components sum theirs
+                // (the variance estimates are averaged either way).
+                let sum_eps = views.iter().all(|(v, _)| v.is_component());
+                let mut sum: Option<Tensor<4>> = None;
+                for (view, prompt) in views.iter() {
+                    let out = view.invert(guided(model, view.apply(x.clone())?, t, prompt, guidance)?, 3)?;
+                    sum = Some(match sum {
+                        None => out,
+                        Some(s) => s + out,
+                    });
+                }
+                let sum = sum.ok_or_else(|| Error::Invalid("a visual anagram needs at least one (view, prompt) pair".into()))?;
+                let n = views.len() as f32;
+                if !sum_eps {
+                    return Ok(sum / n);
+                }
+                let [b, c, h, w] = sum.dims();
+                Ok(Tensor::cat(vec![sum.clone().slice([0..b, 0..3, 0..h, 0..w]), sum.slice([0..b, 3..c, 0..h, 0..w]) / n], 1))
+            }
+            Task::Hybrid { side, low, high, blur: Blur { kernel, sigma } } => {
+                let side = *side;
+                let a = guided(model, x.clone(), t, low, guidance)?;
+                let b = guided(model, x, t, high, guidance)?;
+                let eps = |o: &Tensor<4>| o.clone().slice([0..1, 0..3, 0..side, 0..side]);
+                let var = |o: &Tensor<4>| o.clone().slice([0..1, 3..6, 0..side, 0..side]);
+                let (ea, eb) = (eps(&a), eps(&b));
+                let lowpass = gaussian_blur(ea, *kernel, *sigma);
+                let highpass = eb.clone() - gaussian_blur(eb, *kernel, *sigma);
+                Ok(Tensor::cat(vec![lowpass + highpass, (var(&a) + var(&b)) / 2.0], 1))
+            }
+        }
+    }
+
+    /// What follows the update to `t_next`: inpainting puts back the original, noised to
+    /// `t_next`, where the mask is 0; the other tasks keep x.
+    pub fn after_step(&self, task: &Task, x: Tensor<4>, t_next: usize, noise: &mut dyn NoiseSource) -> Result<Tensor<4>> {
+        match task {
+            Task::Inpaint { original, mask, .. } => {
+                let mask = mask.clone().expand(original.dims());
+                let keep = mask.clone().neg() + 1.0;
+                Ok(x * mask + self.forward_noise(original.clone(), t_next, noise)? * keep)
+            }
+            _ => Ok(x),
+        }
+    }
+
+    /// Runs `task` to the end: per step the output, the scheduler's update with its variance
+    /// noise, then [`Self::after_step`]. The page runs the same three calls with its GPU awaited
+    /// between them.
+    pub fn run(&self, task: &Task, guidance: f32, ctx: &mut RunContext) -> Result<Trajectory> {
+        let (mut x, i_start) = self.start(task, &mut *ctx.noise)?;
         let ts = self.scheduler.timesteps().to_vec();
         let total = ts.len() - 1 - i_start;
         let mut frames = vec![x.clone()];
         for (k, i) in (i_start..ts.len() - 1).enumerate() {
             let (t, t_next) = (ts[i], ts[i + 1]);
-            let out = output(x.clone(), t)?;
+            let out = self.output(task, x.clone(), t, guidance)?;
             let z = ctx.noise.next(x.dims(), &x.device())?;
             x = self.scheduler.step(out, t, x, z, self.x0_mode).prev_sample;
-            x = after(x, t_next, &mut *ctx.noise)?;
+            x = self.after_step(task, x, t_next, &mut *ctx.noise)?;
             ctx.step_done(k, total, &x, &mut frames)?;
         }
         Ok(Trajectory { image: x, frames })
@@ -144,14 +237,12 @@ impl<'m, M: Denoiser> IfPipeline<'m, M> {
 
     /// Iterative (guided) denoising of `x` from timesteps[i_start].
     pub fn iterative_denoise(&self, x: Tensor<4>, i_start: usize, prompt: &Prompt, guidance: f32, ctx: &mut RunContext) -> Result<Trajectory> {
-        let model = self.model;
-        self.denoise_loop(x, i_start, ctx, &mut |x, t| guided(model, x, t, prompt, guidance), &mut |x, _, _| Ok(x))
+        self.run(&Task::Iterative { x, i_start, prompt }, guidance, ctx)
     }
 
     /// Sampling from pure noise: `batch` images of `side x side`.
     pub fn sample(&self, batch: usize, side: usize, prompt: &Prompt, guidance: f32, ctx: &mut RunContext) -> Result<Trajectory> {
-        let x = ctx.noise.next([batch, 3, side, side], &prompt.cond.device())?;
-        self.iterative_denoise(x, 0, prompt, guidance, ctx)
+        self.run(&Task::Sample { batch, side, prompt }, guidance, ctx)
     }
 
     /// forward(x0, t): the image noised to timestep `t` with fresh noise.
@@ -170,31 +261,14 @@ impl<'m, M: Denoiser> IfPipeline<'m, M> {
     /// SDEdit: noise `image` to timesteps[i_start] and denoise it back under `prompt` (the
     /// course's "a high quality photo", or any prompt for text-conditioned translation).
     pub fn sdedit(&self, image: Tensor<4>, i_start: usize, prompt: &Prompt, guidance: f32, ctx: &mut RunContext) -> Result<Trajectory> {
-        self.check_start(i_start)?;
-        let x = self.forward_noise(image, self.scheduler.timesteps()[i_start], &mut *ctx.noise)?;
-        self.iterative_denoise(x, i_start, prompt, guidance, ctx)
+        self.run(&Task::Sdedit { image, i_start, prompt }, guidance, ctx)
     }
 
     /// Inpainting (RePaint-style, as the course does it): sample from noise, and after every
     /// step put back the original, noised to the new timestep, where `mask` is 0. `mask` is 1
     /// where new content goes; `[1, 1, H, W]` or `[B, 3, H, W]`.
     pub fn inpaint(&self, original: Tensor<4>, mask: Tensor<4>, prompt: &Prompt, guidance: f32, ctx: &mut RunContext) -> Result<Trajectory> {
-        let [b, c, h, w] = original.dims();
-        let [mb, mc, mh, mw] = mask.dims();
-        if (mh, mw) != (h, w) || !(mb == 1 || mb == b) || !(mc == 1 || mc == c) {
-            return Err(Error::Invalid(format!("the mask is {mh}x{mw} ({mb}x{mc} planes) but the image is {h}x{w}: draw the mask on the image itself")));
-        }
-        let mask = mask.expand([b, c, h, w]);
-        let x = ctx.noise.next([b, c, h, w], &original.device())?;
-        let keep = mask.clone().neg() + 1.0;
-        let model = self.model;
-        self.denoise_loop(
-            x,
-            0,
-            ctx,
-            &mut |x, t| guided(model, x, t, prompt, guidance),
-            &mut |x, t_next, noise| Ok(x * mask.clone() + self.forward_noise(original.clone(), t_next, noise)? * keep.clone()),
-        )
+        self.run(&Task::Inpaint { original, mask, prompt }, guidance, ctx)
     }
 
     /// Visual anagrams: every (view, prompt) pair sees the viewed image; the inverse views of
@@ -203,72 +277,46 @@ impl<'m, M: Denoiser> IfPipeline<'m, M> {
     /// sees the image and the components' eps are summed (factorized diffusion: `low_pass` +
     /// `high_pass` is `hybrid`).
     pub fn visual_anagram(&self, side: usize, views: &[(View, Prompt)], guidance: f32, ctx: &mut RunContext) -> Result<Trajectory> {
-        let first = views.first().ok_or_else(|| Error::Invalid("a visual anagram needs at least one (view, prompt) pair".into()))?;
-        for (v, _) in views {
-            v.permutation(side, side)?; // size checks before any compute
-        }
-        // Rearrangements average their estimates; a factorization's components sum theirs (the
-        // variance estimates are averaged either way).
-        let components = views.iter().filter(|(v, _)| v.is_component()).count();
-        if components != 0 && components != views.len() {
-            return Err(Error::Invalid("the views mix rearrangements (flip, rotate, ...) with factorization components (low_pass, grayscale, ...): use one kind".into()));
-        }
-        let sum_eps = components > 0;
-        let x = ctx.noise.next([1, 3, side, side], &first.1.cond.device())?;
-        let n = views.len() as f32;
-        let model = self.model;
-        self.denoise_loop(
-            x,
-            0,
-            ctx,
-            &mut |x, t| {
-                let mut sum: Option<Tensor<4>> = None;
-                for (view, prompt) in views {
-                    let out = view.invert(guided(model, view.apply(x.clone())?, t, prompt, guidance)?, 3)?;
-                    sum = Some(match sum {
-                        None => out,
-                        Some(s) => s + out,
-                    });
-                }
-                let sum = sum.expect("at least one view");
-                if !sum_eps {
-                    return Ok(sum / n);
-                }
-                let [b, c, h, w] = sum.dims();
-                Ok(Tensor::cat(vec![sum.clone().slice([0..b, 0..3, 0..h, 0..w]), sum.slice([0..b, 3..c, 0..h, 0..w]) / n], 1))
-            },
-            &mut |x, _, _| Ok(x),
-        )
+        self.run(&Task::Anagram { side, views }, guidance, ctx)
     }
 
     /// Hybrid images (factorized diffusion): eps = lowpass(eps_1) + highpass(eps_2) with the
     /// Gaussian `blur` (course: 33 taps, sigma 2); v is the mean of the two.
     pub fn hybrid(&self, side: usize, low: &Prompt, high: &Prompt, blur: Blur, guidance: f32, ctx: &mut RunContext) -> Result<Trajectory> {
-        let Blur { kernel, sigma } = blur;
-        if kernel % 2 == 0 || kernel / 2 >= side {
-            return Err(Error::Invalid(format!("blur kernel {kernel} must be odd and its half-width below the image side {side}")));
-        }
-        // sigma 0 divides by zero in the kernel's weights; NaN or infinity makes every weight NaN or equal.
-        if !(sigma.is_finite() && sigma > 0.0) {
-            return Err(Error::Invalid(format!("blur sigma must be a positive number, got {sigma}")));
-        }
-        let x = ctx.noise.next([1, 3, side, side], &low.cond.device())?;
-        let model = self.model;
-        self.denoise_loop(
-            x,
-            0,
-            ctx,
-            &mut |x, t| {
-                let a = guided(model, x.clone(), t, low, guidance)?;
-                let b = guided(model, x, t, high, guidance)?;
-                let eps = |o: &Tensor<4>| o.clone().slice([0..1, 0..3, 0..side, 0..side]);
-                let var = |o: &Tensor<4>| o.clone().slice([0..1, 3..6, 0..side, 0..side]);
-                let (ea, eb) = (eps(&a), eps(&b));
-                let lowpass = gaussian_blur(ea, kernel, sigma);
-                let highpass = eb.clone() - gaussian_blur(eb, kernel, sigma);
-                Ok(Tensor::cat(vec![lowpass + highpass, (var(&a) + var(&b)) / 2.0], 1))
-            },
-            &mut |x, _, _| Ok(x),
-        )
+        self.run(&Task::Hybrid { side, low, high, blur }, guidance, ctx)
+    }
+}
+
+/// One run of the course's algorithms, as [`IfPipeline::run`] and the page's stepping loop take
+/// it. Prompts are borrowed: a run never changes them.
+pub enum Task<'a> {
+    /// `batch` images of `side x side` from pure noise.
+    Sample { batch: usize, side: usize, prompt: &'a Prompt },
+    /// Denoising a given x from timesteps[i_start].
+    Iterative { x: Tensor<4>, i_start: usize, prompt: &'a Prompt },
+    /// SDEdit: `image` noised to timesteps[i_start], then denoised.
+    Sdedit { image: Tensor<4>, i_start: usize, prompt: &'a Prompt },
+    /// Inpainting: `mask` 1 where new content goes.
+    Inpaint { original: Tensor<4>, mask: Tensor<4>, prompt: &'a Prompt },
+    /// Visual anagrams over (view, prompt) pairs.
+    Anagram { side: usize, views: &'a [(View, Prompt)] },
+    /// Hybrid images: low frequencies of `low`, high of `high`.
+    Hybrid { side: usize, low: &'a Prompt, high: &'a Prompt, blur: Blur },
+}
+
+impl Task<'_> {
+    /// The seeded noise of this run: `dp if` and the page both take it from here, so the same
+    /// seed gives the same image in both. `k` numbers the runs of one SDEdit series (its i_starts
+    /// in order); the other kinds ignore it.
+    pub fn noise(&self, seed: u64, k: usize) -> SeededNoise {
+        let stream = match self {
+            Task::Iterative { .. } => 2,
+            Task::Sample { .. } => 3,
+            Task::Sdedit { .. } => return SeededNoise(Rng::derive(seed, &[4, k as u64])),
+            Task::Inpaint { .. } => 5,
+            Task::Anagram { .. } => 6,
+            Task::Hybrid { .. } => 7,
+        };
+        SeededNoise(Rng::derive(seed, &[stream]))
     }
 }

@@ -167,14 +167,25 @@ impl DdpmScheduler {
     /// # Shapes
     /// `model_output: [B, 6, H, W]` (eps, v), `sample, noise: [B, 3, H, W]` -> `[B, 3, H, W]`
     pub fn step(&self, model_output: Tensor<4>, t: usize, sample: Tensor<4>, noise: Tensor<4>, x0_mode: X0Mode) -> StepOutput {
+        let x0 = process_x0(self.model_x0(&model_output, sample.clone(), t), x0_mode);
+        self.step_from_x0(model_output, t, sample, x0, noise)
+    }
+
+    /// The clean image the model's eps predicts, before any [`X0Mode`].
+    pub fn model_x0(&self, model_output: &Tensor<4>, sample: Tensor<4>, t: usize) -> Tensor<4> {
+        let [b, c6, h, w] = model_output.dims();
+        self.predict_x0(sample, model_output.clone().slice([0..b, 0..c6 / 2, 0..h, 0..w]), t)
+    }
+
+    /// [`Self::step`] with the x0 already predicted and treated (the page thresholds it after an
+    /// asynchronous readback: a blocking one is not allowed on WebGPU).
+    pub fn step_from_x0(&self, model_output: Tensor<4>, t: usize, sample: Tensor<4>, x0: Tensor<4>, noise: Tensor<4>) -> StepOutput {
         let [b, c6, h, w] = model_output.dims();
         let c = c6 / 2;
-        let eps = model_output.clone().slice([0..b, 0..c, 0..h, 0..w]);
         let v = model_output.slice([0..b, c..c6, 0..h, 0..w]);
         let (ab, ab_prev) = (self.alpha_bar(t), self.alpha_bar_prev(t));
         let a = ab / ab_prev;
         let beta = 1.0 - a;
-        let x0 = process_x0(self.predict_x0(sample.clone(), eps, t), x0_mode);
         let x0_coeff = ab_prev.sqrt() * beta / (1.0 - ab);
         let xt_coeff = a.sqrt() * (1.0 - ab_prev) / (1.0 - ab);
         let mut prev = x0.clone() * x0_coeff + sample * xt_coeff;
@@ -197,14 +208,19 @@ pub fn process_x0(x0: Tensor<4>, mode: X0Mode) -> Tensor<4> {
         X0Mode::None => x0,
         X0Mode::Clip(r) => x0.clamp(-r, r),
         X0Mode::DynamicThreshold { ratio, max } => {
-            let [b, c, h, w] = x0.dims();
             let values: Vec<f32> = x0.to_data().convert::<f32>().try_into_vec::<f32>().expect("f32 tensor");
-            let s = threshold_scales(&values, b, ratio, max);
-            let s = Tensor::<1>::from_floats(s.as_slice(), &x0.device()).reshape([b, 1, 1, 1]);
-            let lo = s.clone().neg();
-            x0.max_pair(lo.expand([b, c, h, w])).min_pair(s.clone().expand([b, c, h, w])) / s
+            let s = threshold_scales(&values, x0.dims()[0], ratio, max);
+            apply_threshold(x0, &s)
         }
     }
+}
+
+/// Dynamic thresholding's second half: x0 of image i clamped to `[-s_i, s_i]` and divided by s_i.
+pub fn apply_threshold(x0: Tensor<4>, scales: &[f32]) -> Tensor<4> {
+    let [b, c, h, w] = x0.dims();
+    let s = Tensor::<1>::from_floats(scales, &x0.device()).reshape([b, 1, 1, 1]);
+    let lo = s.clone().neg();
+    x0.max_pair(lo.expand([b, c, h, w])).min_pair(s.clone().expand([b, c, h, w])) / s
 }
 
 /// Per image of `values` (`batch` equal chunks): the `ratio` quantile of |x| (linear

@@ -195,45 +195,61 @@ fn burn_key(k: &str) -> String {
 /// after each tensor; returning false stops the conversion with `Error::Interrupted`.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: crate::artifact::Dtype, mut progress: impl FnMut(usize, usize) -> bool) -> Result<super::package::PackageManifest> {
+    use std::io::{Read, Seek, SeekFrom};
     let cfg_path = dir.join("config.json");
     let json = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let cfg = IfConfig::from_json(&json, &cfg_path.display().to_string())?;
-    let mut stored = BTreeMap::new();
-    let mut starts = BTreeMap::new();
-    for f in weight_files(dir)? {
-        let header = read_header_file(&f)?;
+    let files = weight_files(dir)?;
+    let mut paths = BTreeMap::new();
+    // The folder is made once the files have passed the plan's checks (before the first shard).
+    let mut conv = super::convert::Converter::new(&json, &cfg_path.display().to_string(), scheme, |file: &str, bytes: &[u8]| crate::image_ops::write_atomic(&out.join(file), bytes))?;
+    for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
-        for (k, info) in &header.tensors {
-            stored.insert(k.clone(), (info.clone(), name.clone()));
-        }
-        starts.insert(name, (f, header));
+        conv.add_file(&name, read_header_file(f)?)?;
+        paths.insert(name, f.clone());
     }
-    check_keys(&cfg, &stored)?;
+    let plan = conv.plan()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let config: serde_json::Value = serde_json::from_str(&json).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
-    let mut writer = super::package::PackageWriter::new(config, scheme, |file: &str, bytes: &[u8]| crate::image_ops::write_atomic(&out.join(file), bytes));
-    let shapes = parameter_shapes(&cfg);
-    for (i, (name, shape)) in shapes.iter().enumerate() {
-        let (info, file) = &stored[name];
-        let (path, header) = &starts[file];
+    for (i, p) in plan.iter().enumerate() {
+        let path = &paths[&p.file];
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let values = safetensors::read_tensor(&mut f, header, info, path, name)?;
-        crate::artifact::check_finite(name, &values, &path.display().to_string())?;
-        writer.add(name, shape, &values)?;
-        if !progress(i + 1, shapes.len()) {
+        f.seek(SeekFrom::Start(p.start)).map_err(|e| Error::io(path, e))?;
+        let mut raw = vec![0u8; (p.end - p.start) as usize];
+        f.read_exact(&mut raw).map_err(|e| Error::io(path, format!("reading {}: {e}", p.name)))?;
+        conv.add(&p.name, &raw)?;
+        if !progress(i + 1, plan.len()) {
             return Err(Error::Interrupted);
         }
     }
-    let manifest = writer.finish()?;
+    let manifest = conv.finish()?;
     crate::image_ops::write_atomic(&out.join("manifest.json"), manifest.to_json().as_bytes())?;
     Ok(manifest)
 }
 
-/// Loads a package: manifest and shards (each checked for size and sha256) into the model.
+/// The f32 values of a package are handed to the model in groups of about this many bytes, so
+/// loading never holds the whole model in f32 beside its packed form.
+const LOAD_GROUP_BYTES: usize = 64 << 20;
+
+/// Loads a package: manifest and shards (each checked for size and sha256 first) into the model,
+/// a group of tensors at a time.
 pub fn load_package_bytes(manifest_json: &str, shards: &[Vec<u8>], device: &Device) -> Result<IfUNet> {
-    let (m, _) = super::package::PackageManifest::parse(manifest_json, "manifest.json")?;
-    let tensors = m.tensors_f32(shards)?;
-    load_unet_bytes(&m.config.to_string(), vec![("package".into(), safetensors::write_f32(&tensors)?)], device)
+    let (m, cfg) = super::package::PackageManifest::parse(manifest_json, "manifest.json")?;
+    m.verify_shards(shards)?;
+    let mut model = cfg.init(device);
+    let mut applied = BTreeSet::new();
+    let mut group = Vec::new();
+    let mut group_bytes = 0;
+    for (i, t) in m.tensors.iter().enumerate() {
+        let values = m.tensor_f32(t, shards)?;
+        group_bytes += values.len() * 4;
+        group.push((t.name.clone(), t.shape.clone(), values));
+        if group_bytes >= LOAD_GROUP_BYTES || i + 1 == m.tensors.len() {
+            let mut store = SafetensorsStore::from_bytes(Some(safetensors::write_f32(&group)?)).with_from_adapter(adapter(device)).allow_partial(true);
+            apply(&mut model, &mut store, "the package", &mut applied)?;
+            group.clear();
+            group_bytes = 0;
+        }
+    }
+    finish(model, &applied, "the package")
 }
 
 /// Loads a package folder written by [`convert_dir`].

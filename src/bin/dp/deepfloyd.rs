@@ -8,7 +8,7 @@ use burn::prelude::*;
 use clap::{Args, Subcommand, ValueEnum};
 use diffusion_playground::deepfloyd::config::SchedulerConfig;
 use diffusion_playground::deepfloyd::embeddings::PromptEmbeddings;
-use diffusion_playground::deepfloyd::pipeline::{Blur, IfPipeline, NoiseSource, Prompt, RunContext, SeededNoise, Trajectory};
+use diffusion_playground::deepfloyd::pipeline::{Blur, IfPipeline, NoiseSource, Prompt, RunContext, SeededNoise, Task, Trajectory};
 use diffusion_playground::deepfloyd::scheduler::{strided_timesteps, DdpmScheduler, X0Mode};
 use diffusion_playground::deepfloyd::unet::IfUNet;
 use diffusion_playground::deepfloyd::views::View;
@@ -124,6 +124,12 @@ enum X0Choice {
 enum IfCommand {
     /// List the prompts in the embeddings file.
     Prompts,
+    /// Write the embeddings as safetensors (the page reads only safetensors; this turns the
+    /// course's .pth into one).
+    ExportEmbeddings {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Forward noising at t = 250, 500, 750, the Gaussian-blur baseline, one-step denoising, and
     /// iterative denoising from i_start with every 5th frame.
     Denoise {
@@ -265,11 +271,19 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
         _ => "a safetensors file (or the course's .pth dict) of prompt embeddings, one [77, 4096] tensor per prompt",
     })));
     let emb = PromptEmbeddings::from_file(&need(&c.embeddings, "embeddings")?)?;
-    if let IfCommand::Prompts = a.command {
-        for n in emb.names() {
-            println!("{n:?}");
+    match &a.command {
+        IfCommand::Prompts => {
+            for n in emb.names() {
+                println!("{n:?}");
+            }
+            return Ok(());
         }
-        return Ok(());
+        IfCommand::ExportEmbeddings { out } => {
+            diffusion_playground::image_ops::write_atomic(out, emb.safetensors_bytes())?;
+            println!("wrote {} ({} prompts)", out.display(), emb.names().count());
+            return Ok(());
+        }
+        _ => {}
     }
     let (model, unet) = match &c.package {
         Some(p) => (load_package_dir(p, device)?, p.clone()),
@@ -289,7 +303,7 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
     let pipe = IfPipeline::new(&ctx.model, &ctx.sched).with_x0_mode(ctx.x0());
     let s = &ctx.sched;
     match a.command {
-        IfCommand::Prompts => unreachable!(),
+        IfCommand::Prompts | IfCommand::ExportEmbeddings { .. } => unreachable!(),
         IfCommand::Denoise { image, prompt, i_start } => {
             let (img, _) = ctx.image(&image)?;
             // The course's denoising demos run unguided (guidance 1: the conditional output).
@@ -304,17 +318,19 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
             ctx.save("forward_t250_500_750", &noisy)?;
             ctx.save("blur_baseline_t250_500_750", &blurred)?;
             ctx.save("one_step_t250_500_750", &one)?;
-            let mut n = noise(seed, &[2]);
             let t0 = *s.timesteps().get(i_start).ok_or_else(|| Error::Invalid(format!("--i-start {i_start} is beyond the {} timesteps", s.timesteps().len())))?;
+            // The forward noise comes from the run's own stream, first.
+            let mut n = Task::Iterative { x: img.clone(), i_start, prompt: &p }.noise(seed, 0);
             let x = pipe.forward_noise(img.clone(), t0, &mut n)?;
-            let tr = ctx.run("iterative denoise", &mut n, |run| pipe.iterative_denoise(x, i_start, &p, 1.0, run))?;
+            let task = Task::Iterative { x, i_start, prompt: &p };
+            let tr = ctx.run("iterative denoise", &mut n, |run| pipe.run(&task, 1.0, run))?;
             ctx.save("iterative_every_5th", &tr.frames)?;
             ctx.save("iterative_final", &[tr.image])?;
         }
         IfCommand::Sample { prompt, n } => {
             let p = ctx.prompt(&prompt)?;
-            let mut z = noise(seed, &[3]);
-            let tr = ctx.run("sample", &mut z, |run| pipe.sample(n, ctx.side(), &p, g, run))?;
+            let task = Task::Sample { batch: n, side: ctx.side(), prompt: &p };
+            let tr = ctx.run("sample", &mut task.noise(seed, 0), |run| pipe.run(&task, g, run))?;
             ctx.save(&format!("sample_{}", slug(&prompt)), &[tr.image])?;
         }
         IfCommand::Sdedit { image, prompt, i_start } => {
@@ -322,8 +338,8 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
             let p = ctx.prompt(&prompt)?;
             let mut outs = Vec::new();
             for (k, i) in i_start.iter().enumerate() {
-                let mut z = noise(seed, &[4, k as u64]);
-                let tr = ctx.run(&format!("sdedit i_start {i}"), &mut z, |run| pipe.sdedit(img.clone(), *i, &p, g, run))?;
+                let task = Task::Sdedit { image: img.clone(), i_start: *i, prompt: &p };
+                let tr = ctx.run(&format!("sdedit i_start {i}"), &mut task.noise(seed, k), |run| pipe.run(&task, g, run))?;
                 outs.push(tr.image);
             }
             outs.push(img);
@@ -336,8 +352,8 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
             let mv = decode_mask_square(&mbytes, side, size, &mask.display().to_string())?;
             let mt = Tensor::<4>::from_data(TensorData::new(mv, [1, 1, side, side]), &ctx.device);
             let p = ctx.prompt(&prompt)?;
-            let mut z = noise(seed, &[5]);
-            let tr = ctx.run("inpaint", &mut z, |run| pipe.inpaint(img.clone(), mt.clone(), &p, g, run))?;
+            let task = Task::Inpaint { original: img.clone(), mask: mt.clone(), prompt: &p };
+            let tr = ctx.run("inpaint", &mut task.noise(seed, 0), |run| pipe.run(&task, g, run))?;
             let hole = img.clone() * (mt.clone().neg() + 1.0).expand([1, 3, side, side]);
             ctx.save("inpaint", &[img, hole, tr.image])?;
         }
@@ -346,15 +362,15 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
                 return Err(Error::Invalid(format!("{} prompts but {} views: give one --view per --prompt", prompt.len(), view.len())));
             }
             let pairs = prompt.iter().zip(&view).map(|(p, v)| Ok((View::parse(v)?, ctx.prompt(p)?))).collect::<Result<Vec<_>>>()?;
-            let mut z = noise(seed, &[6]);
-            let tr = ctx.run("anagram", &mut z, |run| pipe.visual_anagram(ctx.side(), &pairs, g, run))?;
+            let task = Task::Anagram { side: ctx.side(), views: &pairs };
+            let tr = ctx.run("anagram", &mut task.noise(seed, 0), |run| pipe.run(&task, g, run))?;
             let shown = pairs.iter().map(|(v, _)| v.invert(tr.image.clone(), 3)).collect::<Result<Vec<_>>>()?;
             ctx.save("anagram", &shown)?;
         }
         IfCommand::Hybrid { low, high, kernel, sigma } => {
             let (pl, ph) = (ctx.prompt(&low)?, ctx.prompt(&high)?);
-            let mut z = noise(seed, &[7]);
-            let tr = ctx.run("hybrid", &mut z, |run| pipe.hybrid(ctx.side(), &pl, &ph, Blur { kernel, sigma }, g, run))?;
+            let task = Task::Hybrid { side: ctx.side(), low: &pl, high: &ph, blur: Blur { kernel, sigma } };
+            let tr = ctx.run("hybrid", &mut task.noise(seed, 0), |run| pipe.run(&task, g, run))?;
             ctx.save("hybrid", &[tr.image])?;
         }
     }
