@@ -1,4 +1,5 @@
 // The page: UI only. All model work happens in worker.js (the wasm module lives there).
+import { setupIf } from './deepfloyd.js';
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const SIDE = 28;
@@ -95,6 +96,13 @@ function onWorkerMessage(msg) {
       state.pending.delete(msg.id);
       if (job) job.resolve(msg);
       break;
+    default:
+      // The IF card's answers (if-listed, if-loaded, ...).
+      if (msg.type.startsWith('if-') && job) {
+        state.pending.delete(msg.id);
+        job.resolve(msg);
+      }
+      break;
     case 'error':
       if (msg.job === 'init') {
         // A crash while opening WebGPU: retry on the CPU once.
@@ -108,6 +116,15 @@ function onWorkerMessage(msg) {
         return;
       }
       state.pending.delete(msg.id);
+      // An IF job that crashed the engine or lost the GPU (out of memory, device lost): start a
+      // fresh worker; it takes the weights from the browser's storage again, not the network.
+      if (msg.job.startsWith('if-') && (msg.fatal || /lost|out of memory|outofmemory/i.test(msg.message))) {
+        const why = `The IF run failed on the device (${msg.message}). The engine was restarted; the stored weights are loaded again without a download.`;
+        state.ifRestarted = why;
+        startWorker(state.backend);
+        if (job) job.reject(new Error(why));
+        return;
+      }
       if (msg.fatal) {
         // Before the job's own handler runs, so its "failed" message cannot replace this one,
         // and the buttons stay off: the engine is gone.
@@ -155,6 +172,7 @@ function onReady(msg) {
   state.denoiser = msg.entries.find((m) => m.kind === 'mnist-unet' && m.conditioning === 'none')?.name ?? null;
   $('denoiser-missing').hidden = state.models.has(state.denoiser) || msg.failed.some((f) => f.name === state.denoiser);
   onModelChange();
+  state.ifCard.onReady().catch((e) => showError(`DeepFloyd IF: ${e.message}`));
   if (params.has('bench')) runBenchmark();
 }
 
@@ -477,6 +495,11 @@ function setup() {
   $('denoise').onclick = () => denoise().catch(() => {});
   buildGrid();
   setupPad();
+  state.ifCard = setupIf({
+    request,
+    cancel: (id) => state.worker.postMessage({ type: 'cancel', id }),
+    lastId: () => state.nextId - 1,
+  });
   updateClean();
   refresh();
   if (typeof WebAssembly !== 'object') {
@@ -496,6 +519,7 @@ window.playground = {
   get ready() { return state.ready; },
   // Models the worker fetches on first use (the manifest's `page.at_start` false).
   get onDemand() { return [...state.onDemand]; },
+  get deepfloyd() { return state.ifCard.hooks; },
 };
 
 setup();

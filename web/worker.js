@@ -1,10 +1,12 @@
 // The compute worker: owns the wasm module and the models, so the page never blocks.
 // Protocol (all messages are plain objects with a `type`):
-//   page -> worker: init {backend: 'auto'|'webgpu'|'cpu'}, generate {...}, denoise {...}, classify {...}, cancel {id}
-//   worker -> page: status, progress, ready, step, done, denoised, classified, error
+//   page -> worker: init {backend: 'auto'|'webgpu'|'cpu'}, generate {...}, denoise {...}, classify {...}, cancel {id},
+//                   and the IF requests if-* (see deepfloyd-worker.js)
+//   worker -> page: status, progress, ready, step, done, denoised, classified, error, and the if-* answers
 // Models the page does not need at start are fetched on first use (see onDemand), with progress
 // tagged by the job's id.
-import init, { Playground } from './diffusion-playground.js';
+import init, { Playground, IfConverter } from './diffusion-playground.js';
+import { makeIf } from './deepfloyd-worker.js';
 
 let pg = null;
 let hasClassifier = false;
@@ -18,6 +20,7 @@ const queue = [];
 let busy = false;
 
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
+const deepfloyd = makeIf({ getPg: () => pg, wasm: { Playground, IfConverter }, post, current: () => current });
 
 self.onmessage = (e) => {
   const msg = e.data;
@@ -56,7 +59,9 @@ async function handle(msg) {
     case 'generate': return generate(msg);
     case 'denoise': return denoise(msg);
     case 'classify': return classify(msg);
-    default: throw new Error(`unknown request '${msg.type}'`);
+    default:
+      if (msg.type.startsWith('if-')) return deepfloyd.handle(msg);
+      throw new Error(`unknown request '${msg.type}'`);
   }
 }
 

@@ -59,6 +59,13 @@ pub enum View {
     Scale(f32),
 }
 
+/// Every view's name as [`View::parse`] reads it (the page's menu): the rearrangements, then the
+/// factorization components.
+pub const NAMES: [&str; 22] = [
+    "identity", "flip", "rotate_cw", "rotate_ccw", "rotate_180", "negate", "skew", "patch_permute", "pixel_permute", "jigsaw", "inner_circle", "square_hinge",
+    "low_pass", "high_pass", "triple_low_pass", "triple_medium_pass", "triple_high_pass", "grayscale", "color", "motion", "motion_res", "scale",
+];
+
 impl View {
     pub fn parse(s: &str) -> Result<View> {
         let (name, arg) = s.split_once(':').map(|(a, b)| (a, Some(b))).unwrap_or((s, None));

@@ -1,5 +1,6 @@
 // A static file server for dist/ (no dependencies). Serves the site under a base path, like
-// GitHub Pages serves a project site under /<repo>/, and 404s everything outside it.
+// GitHub Pages serves a project site under /<repo>/, and 404s everything outside it. `mounts`
+// ({'sub/': dir}) serve other folders under the base path too (the tests' IF packages).
 //   node tests/browser/serve.mjs [--dir dist] [--base /] [--port 8080]
 import { createServer } from 'node:http';
 import { readFile, stat } from 'node:fs/promises';
@@ -11,8 +12,8 @@ const TYPES = {
   '.png': 'image/png', '.gif': 'image/gif', '.svg': 'image/svg+xml', '.ico': 'image/x-icon',
 };
 
-export function serve({ dir = 'dist', base = '/', port = 0, host = '127.0.0.1' } = {}) {
-  const root = resolve(dir);
+export function serve({ dir = 'dist', base = '/', port = 0, host = '127.0.0.1', mounts = {} } = {}) {
+  const roots = Object.entries(mounts).map(([prefix, d]) => [prefix, resolve(d)]);
   if (!base.endsWith('/')) base += '/';
   const server = createServer(async (req, res) => {
     try {
@@ -22,7 +23,8 @@ export function serve({ dir = 'dist', base = '/', port = 0, host = '127.0.0.1' }
       if (!path.startsWith(base)) { res.writeHead(404); return res.end('not found (the site lives under ' + base + ')'); }
       path = normalize(path.slice(base.length) || 'index.html');
       if (path.startsWith('..')) { res.writeHead(403); return res.end(); }
-      let file = join(root, path);
+      const mount = roots.find(([prefix]) => path.startsWith(prefix));
+      let file = mount ? join(mount[1], path.slice(mount[0].length)) : join(resolve(dir), path);
       if ((await stat(file).catch(() => null))?.isDirectory()) file = join(file, 'index.html');
       const body = await readFile(file);
       res.writeHead(200, { 'content-type': TYPES[extname(file)] || 'application/octet-stream', 'content-length': body.length, 'cache-control': 'no-cache' });
