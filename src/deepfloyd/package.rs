@@ -1,7 +1,7 @@
 //! Packages of IF UNet weights for the page: shards of at most 64 MB (a tensor larger than that
 //! spans shards) and a JSON manifest naming every tensor's shape, storage type and place, with
 //! each shard's sha256. Storage: f16, or per-block symmetric q8 / q4 ([`Dtype`]). Tensors that
-//! are 1-D, small (< 1024 values) or not a whole number of blocks stay f16.
+//! are 1-D, small (< 1024 values) or not a whole number of blocks stay f16 ([`stored_as`]).
 //!
 //! Loading checks every shard's size and hash and every tensor's shape against the config
 //! before any value is used.
@@ -71,15 +71,23 @@ impl manifest::Entry for IfEntry {
 /// The schemes a package is made with.
 pub const SCHEMES: [Dtype; 3] = [Dtype::F16, Dtype::Q8, Dtype::Q4];
 
-/// How `scheme` (one of [`SCHEMES`]) stores a tensor of this shape.
-pub fn stored_as(scheme: Dtype, shape: &[usize]) -> Dtype {
+/// How `scheme` (one of [`SCHEMES`]) stores the tensor `name` of this shape. Under q4 the first
+/// and last convolutions stay q8: they are a negligible share of the parameters and, on IF-I-M
+/// with random weights, take a fifth of q4's output error away (`dp bench-if --quant-error`).
+pub fn stored_as(scheme: Dtype, name: &str, shape: &[usize]) -> Dtype {
     let n: usize = shape.iter().product();
-    if shape.len() < 2 || n < 1024 || n % BLOCK != 0 || !scheme.is_quantized() { Dtype::F16 } else { scheme }
+    if shape.len() < 2 || n < 1024 || n % BLOCK != 0 || !scheme.is_quantized() {
+        Dtype::F16
+    } else if scheme == Dtype::Q4 && (name.starts_with("conv_in.") || name.starts_with("conv_out.")) {
+        Dtype::Q8
+    } else {
+        scheme
+    }
 }
 
 /// Package size in bytes for a config, without building anything (M, L, XL in README).
 pub fn package_bytes(cfg: &IfConfig, scheme: Dtype) -> u64 {
-    parameter_shapes(cfg).iter().map(|(_, s)| stored_as(scheme, s).bytes(s.iter().product()) as u64).sum()
+    parameter_shapes(cfg).iter().map(|(k, s)| stored_as(scheme, k, s).bytes(s.iter().product()) as u64).sum()
 }
 
 /// Builds shards as tensors arrive; `flush` is called with each full shard's bytes.
@@ -96,7 +104,15 @@ impl<'a> PackageWriter<'a> {
     }
 
     pub fn add(&mut self, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
-        let dtype = stored_as(self.manifest.scheme, shape);
+        self.add_as(name, shape, values, stored_as(self.manifest.scheme, name, shape))
+    }
+
+    /// As [`Self::add`], stored as `dtype` whatever the scheme says (a mixed package: tensors the
+    /// output is sensitive to kept at a finer kind). A quantized kind needs whole blocks.
+    pub fn add_as(&mut self, name: &str, shape: &[usize], values: &[f32], dtype: Dtype) -> Result<()> {
+        if dtype.is_quantized() && values.len() % BLOCK != 0 {
+            return Err(Error::Invalid(format!("tensor {name}: {} values are not whole {BLOCK}-value blocks for {dtype}", values.len())));
+        }
         let mut bytes = &dtype.encode(values)[..];
         let mut pieces = Vec::new();
         while !bytes.is_empty() {

@@ -29,6 +29,12 @@ pub struct BenchIfArgs {
     /// Instead of timing: the output error of f16, q8 and q4 packages against f32 weights.
     #[arg(long)]
     quant_error: bool,
+    /// Instead of timing: write the random-weights model as a package in this folder (the
+    /// browser benchmark's IF-I-M-shaped model), stored as `--scheme`.
+    #[arg(long)]
+    package_out: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "q8", value_parser = crate::args::choice_of(&diffusion_playground::deepfloyd::package::SCHEMES))]
+    scheme: diffusion_playground::artifact::Dtype,
 }
 
 /// Peak resident memory of this process (Linux), in MB.
@@ -41,6 +47,9 @@ fn peak_rss_mb() -> Option<f64> {
 pub fn run(a: BenchIfArgs, device: &Device, device_name: &str) -> Result<()> {
     if a.quant_error {
         return quant_error(&a, device);
+    }
+    if let Some(dir) = &a.package_out {
+        return write_package(&a.variant, a.scheme, dir);
     }
     let cfg = IfConfig::if_i(&a.variant)?;
     let (side, tokens) = (64, 77);
@@ -114,27 +123,14 @@ pub fn run(a: BenchIfArgs, device: &Device, device_name: &str) -> Result<()> {
 /// in-memory package per scheme on the same inputs; prints max|out_q - out_f32| / max|out_f32|.
 fn quant_error(a: &BenchIfArgs, device: &Device) -> Result<()> {
     use diffusion_playground::artifact::safetensors::write_f32;
-    use diffusion_playground::deepfloyd::package::{PackageWriter, SCHEMES};
-    use diffusion_playground::deepfloyd::unet::parameter_shapes;
+    use diffusion_playground::artifact::Dtype;
+    use diffusion_playground::deepfloyd::package::{stored_as, PackageWriter, SCHEMES};
     use diffusion_playground::deepfloyd::weights::{load_package_bytes, load_unet_bytes};
 
     let json = IfConfig::if_i_json(&a.variant)?;
     let cfg = IfConfig::from_json(&json.to_string(), "config")?;
     let mut rng = Rng::new(7);
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = parameter_shapes(&cfg)
-        .into_iter()
-        .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            let values: Vec<f32> = if shape.len() == 1 && name.contains("norm") && name.ends_with(".weight") {
-                (0..n).map(|_| 1.0 + 0.1 * rng.normal()).collect()
-            } else {
-                let fan_in = if shape.len() > 1 { shape[1..].iter().product::<usize>() } else { shape[0] };
-                let bound = 1.0 / (fan_in as f32).sqrt();
-                rng.uniform_vec(n).into_iter().map(|u| (2.0 * u - 1.0) * bound).collect()
-            };
-            (name, shape, values)
-        })
-        .collect();
+    let tensors = random_tensors(&cfg, &mut rng);
     println!("IF-I-{} with random weights: {} parameters", a.variant, cfg.parameter_count());
     let (side, tokens) = (64, 77);
     let x = Tensor::<4>::from_data(TensorData::new(rng.normal_vec(a.batch * 3 * side * side), [a.batch, 3, side, side]), device);
@@ -161,5 +157,78 @@ fn quant_error(a: &BenchIfArgs, device: &Device) -> Result<()> {
         let err = out.iter().zip(&reference).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale;
         println!("{scheme:?}: package {:.2} GB, output error max|out - out_f32| / max|out_f32| = {err:.2e}", bytes as f64 / 1e9);
     }
+    // Which tensors the q4 error comes from: q4 everywhere but one group kept at q8.
+    let groups: [(&str, fn(&str) -> bool); 6] = [
+        ("conv_in, conv_out", |n| n.starts_with("conv_in.") || n.starts_with("conv_out.")),
+        ("time and text embeddings", |n| n.starts_with("time_embedding.") || n.starts_with("add_embedding.") || n.starts_with("encoder_hid_proj.")),
+        ("attention projections", |n| n.contains(".attentions.")),
+        ("resnet convs", |n| n.contains(".resnets.") && (n.contains(".conv1.") || n.contains(".conv2."))),
+        ("resnet time projections", |n| n.contains(".resnets.") && n.contains(".time_emb_proj.")),
+        ("the rest", |_| true),
+    ];
+    for (k, (label, pick)) in groups.iter().enumerate() {
+        // "the rest": what none of the groups before names.
+        let is = |n: &str| if k + 1 == groups.len() { !groups[..k].iter().any(|(_, p)| p(n)) } else { pick(n) };
+        let mut shards: Vec<Vec<u8>> = Vec::new();
+        let mut writer = PackageWriter::new(json.clone(), Dtype::Q4, |_: &str, bytes: &[u8]| {
+            shards.push(bytes.to_vec());
+            Ok(())
+        });
+        let mut kept = 0u64;
+        for (name, shape, values) in &tensors {
+            let base = stored_as(Dtype::Q4, name, shape);
+            let dtype = if base == Dtype::Q4 && is(name) { Dtype::Q8 } else { base };
+            // (conv_in and conv_out are q8 in every q4 package: `stored_as`.)
+            if dtype == Dtype::Q8 {
+                kept += values.len() as u64;
+            }
+            writer.add_as(name, shape, values, dtype)?;
+        }
+        let manifest = writer.finish()?;
+        let out = run(load_package_bytes(&manifest.to_json(), &shards, device)?)?;
+        let err = out.iter().zip(&reference).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale;
+        println!(
+            "q4, {label} at q8 ({:.1}% of the parameters): package {:.3} GB, output error {err:.2e}",
+            100.0 * kept as f64 / cfg.parameter_count() as f64,
+            manifest.total_bytes() as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// Random weights of realistic scale: norms' weights near 1, the rest uniform +-1/sqrt(fan-in)
+/// as PyTorch initialises.
+fn random_tensors(cfg: &IfConfig, rng: &mut Rng) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    use diffusion_playground::deepfloyd::unet::parameter_shapes;
+    parameter_shapes(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = if shape.len() == 1 && name.contains("norm") && name.ends_with(".weight") {
+                (0..n).map(|_| 1.0 + 0.1 * rng.normal()).collect()
+            } else {
+                let fan_in = if shape.len() > 1 { shape[1..].iter().product::<usize>() } else { shape[0] };
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                rng.uniform_vec(n).into_iter().map(|u| (2.0 * u - 1.0) * bound).collect()
+            };
+            (name, shape, values)
+        })
+        .collect()
+}
+
+/// The random-weights model as a package in `dir` (manifest written last).
+fn write_package(variant: &str, scheme: diffusion_playground::artifact::Dtype, dir: &std::path::Path) -> Result<()> {
+    use diffusion_playground::deepfloyd::package::PackageWriter;
+    use diffusion_playground::image_ops::write_atomic;
+    let json = IfConfig::if_i_json(variant)?;
+    let cfg = IfConfig::from_json(&json.to_string(), "config")?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut writer = PackageWriter::new(json, scheme, |file: &str, bytes: &[u8]| write_atomic(&dir.join(file), bytes));
+    for (name, shape, values) in random_tensors(&cfg, &mut Rng::new(7)) {
+        writer.add(&name, &shape, &values)?;
+    }
+    let m = writer.finish()?;
+    write_atomic(&dir.join("manifest.json"), m.to_json().as_bytes())?;
+    println!("{}: IF-I-{variant} random weights, {scheme}, {} bytes in {} shards", dir.display(), m.total_bytes(), m.shards.len());
     Ok(())
 }
