@@ -44,16 +44,24 @@ impl Header {
     }
 }
 
+/// How many bytes from the start of a `file_len`-byte safetensors file hold its header (8 + the
+/// length its first 8 bytes state), checked to fit the file: what a reader of slices (the page's
+/// `File`) fetches before [`read_header`].
+pub fn header_bytes(first8: &[u8], file_len: u64, source: &str) -> Result<u64> {
+    let Some(n) = first8.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())) else {
+        return Err(Error::format(source, format!("is {} bytes long: not a safetensors file", first8.len())));
+    };
+    if n > MAX_HEADER || 8 + n > file_len {
+        return Err(Error::format(source, format!("header length {n} does not fit in a {file_len}-byte file: not safetensors, or truncated")));
+    }
+    Ok(8 + n)
+}
+
 /// Parses the header at the start of `bytes` (the whole file, or at least its header) of a file
 /// `file_len` bytes long. Float tensors only (F32, F16, BF16, F64).
 pub fn read_header(bytes: &[u8], file_len: u64, source: &str) -> Result<Header> {
     let err = |m: String| Error::format(source, m);
-    let Some(n) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())) else {
-        return Err(err(format!("is {} bytes long: not a safetensors file", bytes.len())));
-    };
-    if n > MAX_HEADER || 8 + n > file_len {
-        return Err(err(format!("header length {n} does not fit in a {file_len}-byte file: not safetensors, or truncated")));
-    }
+    let n = header_bytes(bytes, file_len, source)? - 8;
     let Some(json) = bytes.get(8..8 + n as usize) else {
         return Err(err("header is cut short: the file is truncated".into()));
     };
@@ -90,12 +98,10 @@ pub fn read_header_file(path: &std::path::Path) -> Result<Header> {
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut head = vec![0u8; 8];
     f.read_exact(&mut head).map_err(|_| Error::format(path, format!("is {len} bytes long: not a safetensors file")))?;
-    let n = u64::from_le_bytes(head[..8].try_into().unwrap());
-    if n <= MAX_HEADER && 8 + n <= len {
-        head.resize(8 + n as usize, 0);
-        f.read_exact(&mut head[8..]).map_err(|e| Error::io(path, e))?;
-    }
-    read_header(&head, len, &path.display().to_string())
+    let source = path.display().to_string();
+    head.resize(header_bytes(&head, len, &source)? as usize, 0);
+    f.read_exact(&mut head[8..]).map_err(|e| Error::io(path, e))?;
+    read_header(&head, len, &source)
 }
 
 /// One tensor's values of a file, as f32, read without the rest.

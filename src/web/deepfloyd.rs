@@ -15,7 +15,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use super::{js_err, keep_going, now_ms, read_f32, Playground};
-use crate::artifact::safetensors::read_header;
+use crate::artifact::safetensors::{header_bytes, read_header};
 use crate::artifact::{sha256_hex, Dtype};
 use crate::deepfloyd::convert::Converter;
 use crate::deepfloyd::embeddings::PromptEmbeddings;
@@ -484,11 +484,7 @@ impl IfConverter {
     /// How many bytes from the start of a safetensors file hold its header, from its first 8.
     #[wasm_bindgen(js_name = headerLength)]
     pub fn header_length(first8: &[u8], file_size: f64, source: &str) -> std::result::Result<f64, JsValue> {
-        let n = first8.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())).ok_or_else(|| js_err(Error::format(source, "is shorter than 8 bytes: not a safetensors file")))?;
-        if n > 100_000_000 || 8 + n > file_size as u64 {
-            return Err(js_err(Error::format(source, format!("header length {n} does not fit in a {file_size}-byte file: not safetensors, or truncated"))));
-        }
-        Ok((8 + n) as f64)
+        Ok(header_bytes(first8, file_size as u64, source).map_err(js_err)? as f64)
     }
 
     fn inner(&mut self) -> Result<&mut Converter<'static>> {
