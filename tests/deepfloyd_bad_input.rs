@@ -263,7 +263,7 @@ fn non_finite_weights_are_refused_by_name() {
         let e = load_err(&d);
         assert!(e.contains(name) && e.contains(&bad.to_string()), "{e}");
         let out = common::tmp(&format!("nan-pkg-{bad}"));
-        let e = diffusion_playground::deepfloyd::weights::convert_dir(&d, &out, diffusion_playground::artifact::Dtype::Q8, |_, _| true).err().unwrap().to_string();
+        let e = diffusion_playground::deepfloyd::convert::convert_dir(&d, &out, diffusion_playground::artifact::Dtype::Q8, |_, _| true).err().unwrap().to_string();
         assert!(e.contains(name), "{e}");
     }
 }

@@ -13,7 +13,8 @@ use std::path::Path;
 use burn::prelude::*;
 use diffusion_playground::artifact::Dtype;
 use diffusion_playground::deepfloyd::package::PackageManifest;
-use diffusion_playground::deepfloyd::weights::{convert_dir, load_package_dir, load_unet_dir};
+use diffusion_playground::deepfloyd::convert::convert_dir;
+use diffusion_playground::deepfloyd::weights::{load_package_dir, load_unet_dir};
 use safetensors::SafeTensors;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/deepfloyd");

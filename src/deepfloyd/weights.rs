@@ -189,42 +189,6 @@ fn burn_key(k: &str) -> String {
     k.to_string()
 }
 
-/// Converts a diffusers `unet/` folder into a package (see [`super::package`]) in `out`,
-/// one tensor in memory at a time. Returns the manifest (also written as `manifest.json`, last,
-/// so a package without one is an unfinished conversion). `progress(done, total)` is called
-/// after each tensor; returning false stops the conversion with `Error::Interrupted`.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn convert_dir(dir: &std::path::Path, out: &std::path::Path, scheme: crate::artifact::Dtype, mut progress: impl FnMut(usize, usize) -> bool) -> Result<super::package::PackageManifest> {
-    use std::io::{Read, Seek, SeekFrom};
-    let cfg_path = dir.join("config.json");
-    let json = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let files = weight_files(dir)?;
-    let mut paths = BTreeMap::new();
-    // The folder is made once the files have passed the plan's checks (before the first shard).
-    let mut conv = super::convert::Converter::new(&json, &cfg_path.display().to_string(), scheme, |file: &str, bytes: &[u8]| crate::image_ops::write_atomic(&out.join(file), bytes))?;
-    for f in &files {
-        let name = f.file_name().unwrap().to_string_lossy().to_string();
-        conv.add_file(&name, read_header_file(f)?)?;
-        paths.insert(name, f.clone());
-    }
-    let plan = conv.plan()?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    for (i, p) in plan.iter().enumerate() {
-        let path = &paths[&p.file];
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        f.seek(SeekFrom::Start(p.start)).map_err(|e| Error::io(path, e))?;
-        let mut raw = vec![0u8; (p.end - p.start) as usize];
-        f.read_exact(&mut raw).map_err(|e| Error::io(path, format!("reading {}: {e}", p.name)))?;
-        conv.add(&p.name, &raw)?;
-        if !progress(i + 1, plan.len()) {
-            return Err(Error::Interrupted);
-        }
-    }
-    let manifest = conv.finish()?;
-    crate::image_ops::write_atomic(&out.join("manifest.json"), manifest.to_json().as_bytes())?;
-    Ok(manifest)
-}
-
 /// The f32 values of a package are handed to the model in groups of about this many bytes, so
 /// loading never holds the whole model in f32 beside its packed form.
 const LOAD_GROUP_BYTES: usize = 64 << 20;
@@ -252,7 +216,7 @@ pub fn load_package_bytes(manifest_json: &str, shards: &[Vec<u8>], device: &Devi
     finish(model, &applied, "the package")
 }
 
-/// Loads a package folder written by [`convert_dir`].
+/// Loads a package folder written by [`super::convert::convert_dir`].
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_package_dir(dir: &std::path::Path, device: &Device) -> Result<IfUNet> {
     let mpath = dir.join("manifest.json");
