@@ -2,7 +2,7 @@
 // loaded as a `dp convert` package and as the raw diffusers folder (converted in the page),
 // every mode run on WebGPU (SwiftShader) and on the CPU fallback and compared with `dp if` on the
 // desktop for the same package, embeddings, seed and settings; storage across a reload, forget,
-// cancel, and each bad input's message.
+// cancel, a crashed run, a full storage quota, and each bad input's message.
 //
 // Tolerance: dp writes 8-bit PNGs, so the page's floats are compared after the same rounding;
 // the two backends' float sums differ in their last bits, which moves a pixel that sits on a
@@ -346,6 +346,27 @@ test('IF: a run that crashes the engine restarts it, and the stored weights load
   await page.locator('#if-prompt').selectOption(P1);
   const r = await run(page);
   await compare(page, 'sample_a_red_square.png', 0, r[0], 'after the restart');
+  await page.context().close();
+});
+
+test('IF: a full browser storage keeps the model in memory with a notice, and stores nothing', async () => {
+  // The browser's quota runs out at the first shard written.
+  const page = await open(cpuBrowser, '?backend=cpu', (p) => p.route('**/deepfloyd-worker.js', async (route) => {
+    const res = await route.fetch();
+    const body = (await res.text()).replace('const w = await h.createWritable();',
+      "const w = await h.createWritable(); if (name.startsWith('shard-')) { await w.abort(); throw new DOMException('the quota is used up', 'QuotaExceededError'); }");
+    await route.fulfill({ response: res, body });
+  }));
+  await pickFiles(page, await pkgFiles());
+  assert.equal(await ifError(page), '', page.logs.join('\n'));
+  assert.match(await page.locator('#if-notice').textContent(), /storage quota is too small .*stay in memory only/);
+  assert.doesNotMatch(await page.locator('#if-model').textContent(), /kept in this browser/);
+  assert.equal(await page.locator('#if-stored .row').count(), 0, 'a half-written package was listed');
+  await pickEmbeddings(page, join(tmp, 'emb.safetensors'));
+  await setup(page, 'sample');
+  await page.locator('#if-prompt').selectOption(P1);
+  const r = await run(page);
+  await compare(page, 'sample_a_red_square.png', 0, r[0], 'memory-only model');
   await page.context().close();
 });
 
