@@ -1,5 +1,6 @@
 // The page: UI only. All model work happens in worker.js (the wasm module lives there).
 import { setupIf } from './deepfloyd.js';
+import { paintable, stroke } from './paint.js';
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const SIDE = 28;
@@ -382,20 +383,7 @@ function setupPad() {
   const ctx = pad.getContext('2d');
   const clear = () => { ctx.fillStyle = '#000'; ctx.fillRect(0, 0, pad.width, pad.height); };
   clear();
-  let last = null;
-  const pos = (e) => {
-    const r = pad.getBoundingClientRect();
-    return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height];
-  };
-  pad.addEventListener('pointerdown', (e) => { pad.setPointerCapture(e.pointerId); last = pos(e); stroke(last, last); });
-  pad.addEventListener('pointermove', (e) => { if (last) { const p = pos(e); stroke(last, p); last = p; } });
-  const end = () => { if (last) { last = null; updateClean(); } };
-  pad.addEventListener('pointerup', end);
-  pad.addEventListener('pointercancel', end);
-  function stroke(a, b) {
-    ctx.strokeStyle = '#fff'; ctx.lineWidth = 22; ctx.lineCap = 'round'; ctx.lineJoin = 'round';
-    ctx.beginPath(); ctx.moveTo(a[0], a[1]); ctx.lineTo(b[0], b[1]); ctx.stroke();
-  }
+  paintable(pad, (a, b) => stroke(ctx, a, b, 22, '#fff'), updateClean);
   $('clear-pad').onclick = () => { clear(); updateClean(); };
 }
 

@@ -1,5 +1,7 @@
 // The page's DeepFloyd IF card: UI only. The worker (deepfloyd-worker.js) brings the weights in,
 // stores them and runs the model; this file sends it requests and draws what comes back.
+import { paintable, stroke } from './paint.js';
+
 const $ = (id) => document.getElementById(id);
 const LAST = 'deepfloyd-last-package';
 
@@ -144,26 +146,20 @@ export function setupIf(api) {
     });
   }
 
-  async function pick(files) {
-    return busy(async () => {
-      const r = await api.request({ type: 'if-pick', files: [...files], scheme: $('if-scheme').value }, null, progress);
-      showLoaded(r);
-      const l = await api.request({ type: 'if-list' });
-      showStored(l.packages);
-      return r;
-    });
+  // Weights brought in by `msg` (picked or fetched): shown, and the stored list refreshed.
+  async function bringIn(msg) {
+    const r = await api.request(msg, null, progress);
+    showLoaded(r);
+    showStored((await api.request({ type: 'if-list' })).packages);
+    return r;
   }
 
-  async function fetchUrl(url) {
-    return busy(async () => {
-      if (!url) throw new Error('give the URL of a package (its manifest.json, or the folder holding it)');
-      const r = await api.request({ type: 'if-url', url }, null, progress);
-      showLoaded(r);
-      const l = await api.request({ type: 'if-list' });
-      showStored(l.packages);
-      return r;
-    });
-  }
+  const pick = (files) => busy(() => bringIn({ type: 'if-pick', files: [...files], scheme: $('if-scheme').value }));
+
+  const fetchUrl = (url) => busy(async () => {
+    if (!url) throw new Error('give the URL of a package (its manifest.json, or the folder holding it)');
+    return bringIn({ type: 'if-url', url });
+  });
 
   async function embeddings(file) {
     return busy(async () => {
@@ -197,27 +193,6 @@ export function setupIf(api) {
     c.fillStyle = '#808080';
     c.fillRect(0, 0, st.side || 64, st.side || 64);
     $('if-mask').getContext('2d').clearRect(0, 0, st.side || 64, st.side || 64);
-  }
-
-  function paintable(canvas, draw) {
-    let last = null;
-    const pos = (e) => {
-      const r = canvas.getBoundingClientRect();
-      return [(e.clientX - r.left) * canvas.width / r.width, (e.clientY - r.top) * canvas.height / r.height];
-    };
-    canvas.addEventListener('pointerdown', (e) => { canvas.setPointerCapture(e.pointerId); last = pos(e); draw(last, last); });
-    canvas.addEventListener('pointermove', (e) => { if (last) { const p = pos(e); draw(last, p); last = p; } });
-    const end = () => { last = null; };
-    canvas.addEventListener('pointerup', end);
-    canvas.addEventListener('pointercancel', end);
-  }
-
-  function stroke(ctx, a, b, width, style, erase) {
-    ctx.save();
-    ctx.globalCompositeOperation = erase ? 'destination-out' : 'source-over';
-    ctx.strokeStyle = style; ctx.lineWidth = width; ctx.lineCap = 'round'; ctx.lineJoin = 'round';
-    ctx.beginPath(); ctx.moveTo(a[0], a[1]); ctx.lineTo(b[0], b[1]); ctx.stroke();
-    ctx.restore();
   }
 
   // 1 where the mask is painted (alpha at least half), as the desktop reads a mask picture.
