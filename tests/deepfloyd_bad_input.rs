@@ -182,6 +182,39 @@ fn course_pth_embeddings_read_exactly() {
     assert!(e.contains("prompts.pth") && e.contains("torch.save"), "{e}");
 }
 
+/// The same reader runs in the page on whatever a visitor picks: every truncation of the real
+/// file is an error, and every one-byte change is an error or (a byte nothing reads, such as a
+/// ZIP timestamp) the same values; none panics.
+#[test]
+fn damaged_pth_embeddings_are_errors_or_unchanged() {
+    let bytes = std::fs::read(Path::new(FIX).join("embeddings/prompts.pth")).unwrap();
+    let good = PromptEmbeddings::from_bytes(bytes.clone(), "p.pth").unwrap();
+    for n in 0..bytes.len() {
+        assert!(PromptEmbeddings::from_bytes(bytes[..n].to_vec(), "p.pth").is_err(), "a .pth cut at {n} bytes was read");
+    }
+    let (mut refused, mut same) = (0, 0);
+    for i in 0..bytes.len() {
+        for x in [0x00u8, 0xff, bytes[i] ^ 0x01] {
+            if x == bytes[i] {
+                continue;
+            }
+            let mut b = bytes.clone();
+            b[i] = x;
+            match PromptEmbeddings::from_bytes(b, "p.pth") {
+                Err(e) => {
+                    assert!(e.to_string().contains("p.pth"), "{e}");
+                    refused += 1;
+                }
+                Ok(e) => {
+                    assert!(e.safetensors_bytes() == good.safetensors_bytes(), "changing byte {i} to {x:#04x} changed what was read");
+                    same += 1;
+                }
+            }
+        }
+    }
+    assert!(refused > same, "{refused} changes refused, {same} read the same");
+}
+
 /// Every value a later computation divides by, indexes with or allocates from is checked when
 /// the config is read, by key: none of these may panic, abort or build a model.
 #[test]

@@ -3,7 +3,7 @@
 //! sha256 before anything parses it. Names are checked once, when a manifest is parsed
 //! ([`check_file_name`]); the readers check again, so a path built elsewhere cannot slip by.
 //! [`Dtype`] is every way a tensor is stored, [`safetensors`] the one reader and writer of that
-//! format.
+//! format, [`torch_save`] the one reader of PyTorch's.
 
 use sha2::{Digest, Sha256};
 
@@ -12,6 +12,7 @@ use crate::{Error, Result};
 mod dtype;
 pub mod manifest;
 pub mod safetensors;
+pub mod torch_save;
 
 pub use dtype::{Dtype, QUANT_BLOCK};
 

@@ -1,11 +1,12 @@
 //! Precomputed T5-XXL prompt embeddings: a safetensors file whose keys are the prompts and whose
 //! tensors are `[77, 4096]` (or `[1, 77, 4096]`), f16, bf16 or f32. "" is the null prompt used
 //! for classifier-free guidance. (T5-XXL itself is 4.7B parameters and not run here.)
-//! On the desktop the course's own file, a `torch.save`d dict {prompt: tensor}, is read too.
+//! The course's own file, a `torch.save`d dict {prompt: tensor}, is read too (desktop and page).
 
 use burn::prelude::*;
 
 use crate::artifact::safetensors::{read_header, Header};
+use crate::artifact::{torch_save, Dtype};
 use crate::{Error, Result};
 
 pub struct PromptEmbeddings {
@@ -15,7 +16,10 @@ pub struct PromptEmbeddings {
 }
 
 impl PromptEmbeddings {
+    /// A safetensors file, or the course's `torch.save`d dict {prompt: tensor} (told apart by
+    /// content), which is re-packed as safetensors in memory.
     pub fn from_bytes(bytes: Vec<u8>, source: &str) -> Result<Self> {
+        let bytes = if torch_save::is_torch_save(&bytes) { Self::repack(&bytes, source)? } else { bytes };
         let header = read_header(&bytes, bytes.len() as u64, source)?;
         if header.tensors.is_empty() {
             return Err(Error::format(source, "holds no embeddings"));
@@ -23,51 +27,33 @@ impl PromptEmbeddings {
         Ok(PromptEmbeddings { bytes, header, source: source.to_string() })
     }
 
-    /// A safetensors file, or a `torch.save`d dict of tensors (`.pth`, told apart by content).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        // safetensors: an 8-byte header length, then the JSON header. torch.save: a ZIP archive
-        // (PyTorch >= 1.6) or a pickle stream (protocol 2+ starts with 0x80).
-        let safetensors = bytes.get(8) == Some(&b'{');
-        if !safetensors && (bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80)) {
-            return Self::from_pth(path);
-        }
         Self::from_bytes(bytes, &path.display().to_string())
     }
 
-    /// Reads a `torch.save`d dict {prompt: tensor} (f16, bf16 or f32; views into shared storage
-    /// are gathered by the reader) by re-packing it as safetensors in memory.
-    #[cfg(not(target_arch = "wasm32"))]
-    fn from_pth(path: &std::path::Path) -> Result<Self> {
-        use pytorch_reader::{DType, PytorchReader};
-        use safetensors::tensor::{Dtype, TensorView};
-        let source = path.display().to_string();
-        let reader = PytorchReader::new(path).map_err(|e| Error::format(path, format!("is not a readable torch.save file: {e}")))?;
-        let mut tensors = Vec::new();
-        for (name, t) in reader.tensors() {
-            let dtype = match t.dtype() {
-                DType::F32 => Dtype::F32,
-                DType::F16 => Dtype::F16,
-                DType::BF16 => Dtype::BF16,
-                other => return Err(Error::format(path, format!("embedding {name:?} is {other:?}; expected f16, bf16 or f32"))),
-            };
-            let data = t.read().map_err(|e| Error::format(path, format!("{e}")))?;
-            tensors.push((name.clone(), dtype, t.shape().to_vec(), data));
-        }
-        // The reader hands back native-endian bytes; safetensors is little-endian (as are x86,
-        // ARM and wasm).
+    fn repack(bytes: &[u8], source: &str) -> Result<Vec<u8>> {
+        use ::safetensors::tensor::{Dtype as St, TensorView};
+        let tensors = torch_save::read_tensor_dict(bytes, source)?;
         let views = tensors
             .iter()
-            .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
+            .map(|(name, t)| {
+                let dtype = match t.dtype {
+                    Dtype::F32 => St::F32,
+                    Dtype::F16 => St::F16,
+                    Dtype::Bf16 => St::BF16,
+                    Dtype::F64 => St::F64,
+                    Dtype::Q8 | Dtype::Q4 => unreachable!("torch_save reads float tensors only"),
+                };
+                TensorView::new(dtype, t.shape.clone(), &t.data).map(|v| (name.clone(), v))
+            })
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::format(path, format!("{e}")))?;
-        let bytes = safetensors::serialize(views, None).map_err(|e| Error::format(path, format!("{e}")))?;
-        Self::from_bytes(bytes, &source)
+            .map_err(|e| Error::format(source, format!("{e}")))?;
+        ::safetensors::serialize(views, None).map_err(|e| Error::format(source, format!("{e}")))
     }
 
-    /// The embeddings as a safetensors file (a `.pth` read on the desktop becomes what the page
-    /// reads).
+    /// The embeddings as a safetensors file (what a `.pth` was re-packed as).
     pub fn safetensors_bytes(&self) -> &[u8] {
         &self.bytes
     }
