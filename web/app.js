@@ -64,7 +64,7 @@ function startWorker(backend) {
     }
   };
   state.worker = w;
-  w.postMessage({ type: 'init', id: 0, backend });
+  w.postMessage({ type: 'init', id: 0, backend, ifCompute: params.get('ifcompute') || 'auto' });
 }
 
 function request(msg, onStep, onProgress) {

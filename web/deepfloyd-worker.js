@@ -246,7 +246,8 @@ export function makeIf({ getPg, wasm, post, current }) {
     if (root) {
       try {
         const dir = await root.getDirectoryHandle('if-embeddings', { create: true });
-        await writeFile(dir, 'embeddings.safetensors', bytes);
+        // What was read, as safetensors (a .pth is stored re-packed).
+        await writeFile(dir, 'embeddings.safetensors', pg.ifEmbeddingsFile());
         await writeFile(dir, 'name.txt', new TextEncoder().encode(name));
       } catch (e) { notice = `The embeddings could not be stored (${e.message}): pick them again after a reload.`; }
     }
@@ -274,7 +275,7 @@ export function makeIf({ getPg, wasm, post, current }) {
       case 'if-list': {
         const packages = await list();
         const emb = await storedEmbeddings().catch(() => null);
-        return post({ type: 'if-listed', id, packages, embeddings: emb, loaded: stored && stored.key, views: wasm.Playground.ifViews(), limits: pg.limits });
+        return post({ type: 'if-listed', id, packages, embeddings: emb, loaded: stored && stored.key, views: wasm.Playground.ifViews(), limits: pg.limits, compute: pg.ifCompute });
       }
       case 'if-load-stored': return post({ type: 'if-loaded', id, ...(await fromStore(msg)) });
       case 'if-pick': return post({ type: 'if-loaded', id, ...(await fromPicked(msg)) });

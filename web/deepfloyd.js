@@ -10,6 +10,7 @@ export function setupIf(api) {
   const st = {
     side: 0,
     model: null, // the loaded package's info
+    compute: null, // 'f16' or 'f32': what IF computes in on this device
     prompts: [],
     views: [],
     busy: false,
@@ -176,9 +177,10 @@ export function setupIf(api) {
     st.views = l.views;
     showStored(l.packages);
     const lim = l.limits;
-    $('if-limits').textContent = lim
-      ? `This GPU: buffers up to ${mb(Math.min(lim.maxBufferSize, lim.maxStorageBufferBindingSize))} per binding, ${lim.shaderF16 ? 'with' : 'without'} f16 shaders (IF computes in f32 here).`
-      : 'CPU backend: IF runs, slowly (minutes per image for IF-I-M).';
+    st.compute = l.compute.dtype;
+    $('if-limits').textContent = (lim
+      ? `This GPU: buffers up to ${mb(Math.min(lim.maxBufferSize, lim.maxStorageBufferBindingSize))} per binding, ${lim.shaderF16 ? 'with' : 'without'} f16 shaders. `
+      : 'CPU backend: IF runs, slowly (minutes per image for IF-I-M). ') + l.compute.note;
     if (l.embeddings) fillPrompts(l.embeddings.prompts);
     else buildPairs();
     const last = localStorage.getItem(LAST);
@@ -277,12 +279,14 @@ export function setupIf(api) {
     const s = {
       mode,
       nullPrompt: $('if-null').value,
-      guidance: readNum('if-guidance', 0, 100, 'guidance'),
+      // The course's forward-process demo is unguided: one model call a step.
+      guidance: mode === 'denoise' ? 1 : readNum('if-guidance', 0, 100, 'guidance'),
       stride: readInt('if-stride', 1, 1000, 'the stride'),
       seed: readInt('if-seed', 0, 4294967295, 'the seed'),
       x0: $('if-x0').value,
     };
-    if (mode === 'sample' || mode === 'sdedit' || mode === 'inpaint') s.prompt = $('if-prompt').value;
+    if (mode === 'sample' || mode === 'sdedit' || mode === 'inpaint' || mode === 'denoise') s.prompt = $('if-prompt').value;
+    if (mode === 'denoise') s.iStarts = [readInt('if-istart', 0, 1000, 'i_start')];
     if (mode === 'sdedit') {
       const list = $('if-istarts').value.split(',').map((t) => t.trim()).filter((t) => t !== '');
       const n = list.map(Number);
@@ -314,7 +318,7 @@ export function setupIf(api) {
     try { s = settings(); } catch (e) { error(e.message); return null; }
     return busy(async () => {
       let image, mask;
-      if (s.mode === 'sdedit' || s.mode === 'inpaint') image = await canvasImage();
+      if (s.mode === 'sdedit' || s.mode === 'inpaint' || s.mode === 'denoise') image = await canvasImage();
       if (s.mode === 'inpaint') mask = maskValues();
       const plan = stepsOf(s);
       const all = plan.reduce((a, b) => a + b, 0);
@@ -391,6 +395,14 @@ export function setupIf(api) {
       figs.push(anim);
     } else if (s.mode === 'hybrid') {
       figs.push(resultCanvas(images[0], `hybrid: ${s.low} (far) / ${s.high} (near)`, true));
+    } else if (s.mode === 'denoise') {
+      // A line per timestep of the forward process: noisy, blurred, one UNet step.
+      const line = (...f) => { const d = document.createElement('div'); d.className = 'line'; d.append(...f); return d; };
+      [250, 500, 750].forEach((t, k) => figs.push(line(
+        resultCanvas(images[3 * k], `noisy, t = ${t}`),
+        resultCanvas(images[3 * k + 1], `Gaussian blur, t = ${t}`),
+        resultCanvas(images[3 * k + 2], `one step, t = ${t}`))));
+      figs.push(line(resultCanvas(images[9], `iterative from i_start ${s.iStarts[0]}`), resultCanvas(images[10], 'input')));
     } else {
       figs.push(resultCanvas(images[0], s.mode === 'inpaint' ? 'inpainted' : s.prompt || 'sample'));
     }
@@ -430,6 +442,7 @@ export function setupIf(api) {
       run, loadStored, fetchUrl,
       get results() { return st.results.map((a) => Array.from(a)); },
       get model() { return st.model; },
+      get compute() { return st.compute; },
       get prompts() { return st.prompts; },
       get busy() { return st.busy; },
       maskPng,

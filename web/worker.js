@@ -65,8 +65,8 @@ async function handle(msg) {
   }
 }
 
-async function openDevice(backend) {
-  if (backend === 'cpu') return { pg: await Playground.create('cpu'), notice: null };
+async function openDevice(backend, ifCompute) {
+  if (backend === 'cpu') return { pg: await Playground.create('cpu', ifCompute), notice: null };
   let why;
   if (!self.navigator.gpu) {
     why = 'This browser has no WebGPU';
@@ -81,12 +81,12 @@ async function openDevice(backend) {
         // Measured on a 2-core machine: SwiftShader ~1.2 s per guided step, this crate's wasm CPU
         // backend ~70 ms. An emulated GPU is never the faster choice, so say so and use the CPU.
         return {
-          pg: await Playground.create('cpu'),
+          pg: await Playground.create('cpu', ifCompute),
           notice: `The only WebGPU adapter is a software emulation (${describe(adapter)}), about 20x slower than the CPU backend: using the CPU. Add ?backend=webgpu to the address to use it anyway.`,
         };
       }
       try {
-        return { pg: await Playground.create('webgpu'), notice: null, adapter: describe(adapter) };
+        return { pg: await Playground.create('webgpu', ifCompute), notice: null, adapter: describe(adapter) };
       } catch (e) {
         if (e instanceof WebAssembly.RuntimeError) throw e; // the page restarts us on the CPU
         why = `WebGPU failed to start (${e.message})`;
@@ -94,7 +94,7 @@ async function openDevice(backend) {
     }
   }
   if (backend === 'webgpu') throw new Error(`${why}; remove ?backend=webgpu to allow the CPU fallback`);
-  return { pg: await Playground.create('cpu'), notice: `${why}: running on the CPU instead, which is much slower.` };
+  return { pg: await Playground.create('cpu', ifCompute), notice: `${why}: running on the CPU instead, which is much slower.` };
 }
 
 // The browser's own words for the adapter (wgpu sees little of it from inside the browser).
@@ -126,12 +126,12 @@ async function fetchBytes(url, name, id) {
   return out;
 }
 
-async function start({ backend }) {
+async function start({ backend, ifCompute }) {
   post({ type: 'status', text: 'Loading the WebAssembly module…' });
   // Fetched here rather than by init() so its download (2-3 MB gzipped) shows byte progress.
   await init({ module_or_path: await fetchBytes(new URL('./diffusion-playground_bg.wasm', import.meta.url), 'the WebAssembly module') });
   post({ type: 'status', text: 'Opening the compute device…' });
-  const dev = await openDevice(backend || 'auto');
+  const dev = await openDevice(backend || 'auto', ifCompute || 'auto');
   pg = dev.pg;
   const res = await fetch('./pkg/manifest.json');
   if (!res.ok) throw new Error(`pkg/manifest.json: HTTP ${res.status} (is pkg/ deployed next to the page?)`);

@@ -21,6 +21,19 @@ use crate::rng::Rng;
 pub use crate::sampling::{InjectedNoise, NoiseSource, OnStep, RunContext, SeededNoise, Trajectory};
 use crate::{Error, Result};
 
+/// The timesteps of the course's forward-process demo.
+pub const DEMO_TIMESTEPS: [usize; 3] = [250, 500, 750];
+
+/// What [`IfPipeline::denoise_baselines`] makes, one image per [`DEMO_TIMESTEPS`] entry each.
+pub struct Baselines {
+    /// The image noised to t.
+    pub noisy: Vec<Tensor<4>>,
+    /// A Gaussian blur of the noisy image: the classical baseline.
+    pub blurred: Vec<Tensor<4>>,
+    /// One UNet step: the x0 estimate from the noisy image.
+    pub one_step: Vec<Tensor<4>>,
+}
+
 /// Anything that predicts IF's 6-channel output.
 pub trait Denoiser {
     /// # Shapes
@@ -249,6 +262,32 @@ impl<'m, M: Denoiser> IfPipeline<'m, M> {
     pub fn forward_noise(&self, x0: Tensor<4>, t: usize, noise: &mut dyn NoiseSource) -> Result<Tensor<4>> {
         let eps = noise.next(x0.dims(), &x0.device())?;
         Ok(self.scheduler.add_noise(x0, eps, t))
+    }
+
+    /// The course's forward-process demo: `image` noised to each of [`DEMO_TIMESTEPS`] (the
+    /// k-th from noise stream `[1, k]`), and the two one-shot denoisers it compares, a Gaussian
+    /// blur (5 taps, sigma 2) and one UNet step. Unguided, as the course's demos are: `prompt`
+    /// needs no null embedding.
+    pub fn denoise_baselines(&self, image: Tensor<4>, prompt: &Prompt, seed: u64) -> Result<Baselines> {
+        let mut b = Baselines { noisy: Vec::new(), blurred: Vec::new(), one_step: Vec::new() };
+        for (k, t) in DEMO_TIMESTEPS.into_iter().enumerate() {
+            let x = self.forward_noise(image.clone(), t, &mut SeededNoise(Rng::derive(seed, &[1, k as u64])))?;
+            b.blurred.push(gaussian_blur(x.clone(), 5, 2.0));
+            b.one_step.push(self.one_step_denoise(x.clone(), t, prompt, 1.0)?);
+            b.noisy.push(x);
+        }
+        Ok(b)
+    }
+
+    /// The iterative-denoising demo's start: `image` noised to timesteps[i_start] from the run's
+    /// own noise stream, which the run ([`Task::Iterative`] from the returned image) goes on
+    /// drawing from.
+    pub fn iterative_start(&self, image: Tensor<4>, i_start: usize, prompt: &Prompt, seed: u64) -> Result<(Tensor<4>, SeededNoise)> {
+        let ts = self.scheduler.timesteps();
+        let t0 = *ts.get(i_start).ok_or_else(|| Error::Invalid(format!("i_start {i_start} is beyond the {} timesteps", ts.len())))?;
+        let mut noise = Task::Iterative { x: image.clone(), i_start, prompt }.noise(seed, 0);
+        let x = self.forward_noise(image, t0, &mut noise)?;
+        Ok((x, noise))
     }
 
     /// One-step denoise of a noisy image at `t`: x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab).

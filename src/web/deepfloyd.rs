@@ -35,6 +35,60 @@ pub(super) struct Limits {
     pub shader_f16: bool,
 }
 
+/// The float type IF computes in on this device, and why (shown by the page).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Compute {
+    pub dtype: Dtype,
+    pub note: String,
+}
+
+/// What the page asked for: f16 or f32, or None for "f16 where the adapter has shader-f16".
+type Wanted = Option<Dtype>;
+
+impl Compute {
+    pub fn parse(s: Option<&str>) -> Result<Wanted> {
+        match s.unwrap_or("auto") {
+            "" | "auto" => Ok(None),
+            "f16" => Ok(Some(Dtype::F16)),
+            "f32" => Ok(Some(Dtype::F32)),
+            other => Err(Error::Invalid(format!("ifcompute={other}: IF computes in auto, f16 or f32"))),
+        }
+    }
+
+    /// On WebGPU: a second runtime over the same GPU device, configured for f16 before its first
+    /// tensor, where the adapter has shader-f16 and f32 was not asked for.
+    pub fn webgpu(wanted: Wanted, shader_f16: bool, device: &Device, setup: burn::tensor::wgpu::WgpuSetup) -> (Device, Compute) {
+        let f32 = |note: String| (device.clone(), Compute { dtype: Dtype::F32, note });
+        match (wanted, shader_f16) {
+            (Some(Dtype::F32), _) => f32("IF computes in f32, as asked (ifcompute=f32).".into()),
+            (_, false) => f32(format!(
+                "This adapter has no shader-f16: IF computes in f32{}.",
+                if wanted.is_some() { " (f16 was asked for)" } else { "" }
+            )),
+            (_, true) => {
+                let half = Device::wgpu_options().setup(setup).init().map_err(|e| format!("{e}")).and_then(|mut d| {
+                    d.configure(burn::tensor::FloatDType::F16).map_err(|e| format!("{e:?}"))?;
+                    Ok(d)
+                });
+                match half {
+                    Ok(d) => (d, Compute { dtype: Dtype::F16, note: "IF computes in f16 (the adapter has shader-f16); add ?ifcompute=f32 to the address for f32.".into() }),
+                    Err(e) => f32(format!("An f16 device could not be set up ({e}): IF computes in f32.")),
+                }
+            }
+        }
+    }
+
+    /// On the CPU the one Flex device is the MNIST models' too, so IF computes in f32.
+    pub fn cpu(wanted: Wanted, device: &Device) -> (Device, Compute) {
+        let note = match wanted {
+            Some(Dtype::F16) => "The CPU backend computes IF in f32 (f16 was asked for; it needs WebGPU with shader-f16).",
+            _ => "The CPU backend computes IF in f32.",
+        };
+        (device.clone(), Compute { dtype: Dtype::F32, note: note.into() })
+    }
+}
+
 /// The loaded IF model and prompt embeddings.
 #[derive(Default)]
 pub(super) struct IfState {
@@ -61,7 +115,7 @@ struct PackageInfo {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RunSettings {
-    /// sample | sdedit | inpaint | anagram | hybrid
+    /// sample | sdedit | inpaint | anagram | hybrid | denoise
     mode: String,
     #[serde(default)]
     prompt: String,
@@ -77,7 +131,8 @@ struct RunSettings {
     /// none | clip | dynamic
     #[serde(default = "default_x0")]
     x0: String,
-    /// SDEdit: one run per entry, side by side (the course: 1, 3, 5, 7, 10, 20).
+    /// SDEdit: one run per entry, side by side (the course: 1, 3, 5, 7, 10, 20); the denoising
+    /// demo: its iterative run's start (the first entry; 10 if none).
     #[serde(default)]
     i_starts: Vec<usize>,
     /// Anagram: one prompt per view.
@@ -121,13 +176,13 @@ fn bytes_of(v: &JsValue, what: &str) -> Result<Vec<u8>> {
 }
 
 /// A shard is at most 64 MB, a GPU buffer's binding often 128 MiB: the largest tensor decides.
-fn check_fits(m: &PackageManifest, limits: Option<Limits>) -> Result<()> {
+fn check_fits(m: &PackageManifest, limits: Option<Limits>, compute: Dtype) -> Result<()> {
     let Some(l) = limits else { return Ok(()) };
-    let largest = m.largest_tensor_bytes(Dtype::F32);
+    let largest = m.largest_tensor_bytes(compute);
     let cap = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
     if largest > cap {
         return Err(Error::Device(format!(
-            "this GPU binds buffers of at most {:.0} MiB but the model's largest tensor needs {:.0} MiB in f32: use a smaller IF variant (IF-I-M), or the CPU backend",
+            "this GPU binds buffers of at most {:.0} MiB but the model's largest tensor needs {:.0} MiB in {compute}: use a smaller IF variant (IF-I-M), or the CPU backend",
             cap as f64 / (1 << 20) as f64,
             largest as f64 / (1 << 20) as f64
         )));
@@ -180,6 +235,12 @@ impl Playground {
         self.limits.as_ref().and_then(|l| to_js(l).ok()).unwrap_or(JsValue::NULL)
     }
 
+    /// The float type IF computes in here and why: `{dtype: "f16" | "f32", note}`.
+    #[wasm_bindgen(getter, js_name = ifCompute)]
+    pub fn if_compute(&self) -> JsValue {
+        to_js(&self.if_compute).unwrap_or(JsValue::NULL)
+    }
+
     /// The names of the visual-anagram views, rearrangements first.
     #[wasm_bindgen(js_name = ifViews)]
     pub fn if_views() -> Vec<String> {
@@ -191,7 +252,7 @@ impl Playground {
     #[wasm_bindgen(js_name = ifCheckPackage)]
     pub fn if_check_package(&self, manifest_json: &str) -> std::result::Result<JsValue, JsValue> {
         let (m, cfg) = PackageManifest::parse(manifest_json, "manifest.json").map_err(js_err)?;
-        check_fits(&m, self.limits).map_err(js_err)?;
+        check_fits(&m, self.limits, self.if_compute.dtype).map_err(js_err)?;
         to_js(&package_info(manifest_json, &m, &cfg))
     }
 
@@ -206,12 +267,13 @@ impl Playground {
     /// info. Embeddings already loaded are checked against its text width.
     #[wasm_bindgen(js_name = ifLoadPackage)]
     pub fn if_load_package(&self, manifest_json: String, shards: Array) -> Promise {
-        let device = self.device.clone();
+        let device = self.if_device.clone();
         let state = self.state.clone();
         let limits = self.limits;
+        let compute = self.if_compute.dtype;
         future_to_promise(async move {
             let (m, cfg) = PackageManifest::parse(&manifest_json, "manifest.json").map_err(js_err)?;
-            check_fits(&m, limits).map_err(js_err)?;
+            check_fits(&m, limits, compute).map_err(js_err)?;
             let shards = shards.iter().enumerate().map(|(i, v)| bytes_of(&v, &format!("shard {i}"))).collect::<Result<Vec<_>>>().map_err(js_err)?;
             // The model replaces the old one only once it has loaded whole.
             state.borrow_mut().deepfloyd.model = None;
@@ -237,16 +299,10 @@ impl Playground {
     }
 
     /// Prompt embeddings from a safetensors file (`dp`'s, one `[77, width]` tensor per prompt
-    /// keyed by the prompt); returns the prompts. Checked against the loaded model's width.
+    /// keyed by the prompt) or the course's `torch.save`d dict; returns the prompts. Checked
+    /// against the loaded model's width.
     #[wasm_bindgen(js_name = ifLoadEmbeddings)]
     pub fn if_load_embeddings(&self, bytes: Vec<u8>, source: &str) -> std::result::Result<Vec<String>, JsValue> {
-        // A torch.save'd file is a ZIP or a pickle stream.
-        if bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80) {
-            return Err(js_err(Error::format(
-                source,
-                "is a torch.save file (.pth): the page reads safetensors; turn it into one with `dp if --embeddings FILE.pth export-embeddings --out FILE.safetensors` on the desktop",
-            )));
-        }
         let e = PromptEmbeddings::from_bytes(bytes, source).map_err(js_err)?;
         let mut st = self.state.borrow_mut();
         if let Some(m) = &st.deepfloyd.model {
@@ -255,6 +311,12 @@ impl Playground {
         let names = e.names().map(str::to_string).collect();
         st.deepfloyd.embeddings = Some(Rc::new(e));
         Ok(names)
+    }
+
+    /// The loaded embeddings as a safetensors file (a `.pth` re-packed), what the page stores.
+    #[wasm_bindgen(js_name = ifEmbeddingsFile)]
+    pub fn if_embeddings_file(&self) -> Option<Uint8Array> {
+        self.state.borrow().deepfloyd.embeddings.as_ref().map(|e| Uint8Array::from(e.safetensors_bytes()))
     }
 
     /// An uploaded or drawn picture (PNG or JPEG bytes) as the model's input: the desktop's rule
@@ -268,7 +330,7 @@ impl Playground {
     }
 
     /// Runs one of the course's algorithms (settings: see `RunSettings`). `image` (`[3*side*side]`
-    /// CHW in [-1, 1], from `ifPrepareImage`) is SDEdit's and inpainting's; `mask`
+    /// CHW in [-1, 1], from `ifPrepareImage`) is SDEdit's, inpainting's and the denoising demo's; `mask`
     /// (`[side*side]`, 1 where new content goes) is inpainting's.
     ///
     /// After every step `on_step(run, runs, step, steps, x0, ms)` gets the current estimate of
@@ -279,7 +341,7 @@ impl Playground {
     #[wasm_bindgen(js_name = ifRun)]
     pub fn if_run(&self, settings_json: &str, image: Option<Vec<f32>>, mask: Option<Vec<f32>>, on_step: Function) -> Promise {
         let prepared = self.if_prepare_run(settings_json, image, mask);
-        let device = self.device.clone();
+        let device = self.if_device.clone();
         future_to_promise(async move {
             let (model, emb, s, image, mask, mut sched) = prepared.map_err(js_err)?;
             let side = model.config.sample_size;
@@ -356,7 +418,25 @@ impl Playground {
                         None => return Ok(JsValue::NULL),
                     }
                 }
-                other => return Err(js_err(Error::Invalid(format!("unknown mode {other:?}: use sample, sdedit, inpaint, anagram or hybrid")))),
+                "denoise" => {
+                    // `dp if denoise`: unguided (guidance 1, the conditional output), as the course's demo.
+                    let image = image.ok_or_else(|| js_err(Error::Invalid("the denoising demo needs an image: upload or draw one".into())))?;
+                    let p = Prompt { uncond: None, ..prompt(&s.prompt).map_err(js_err)? };
+                    let i_start = s.i_starts.first().copied().unwrap_or(10);
+                    let b = pipe.denoise_baselines(image.clone(), &p, s.seed).map_err(js_err)?;
+                    let (x, mut noise) = pipe.iterative_start(image.clone(), i_start, &p, s.seed).map_err(js_err)?;
+                    let task = Task::Iterative { x, i_start, prompt: &p };
+                    let last = match step_loop(&pipe, &task, &mut noise, 1.0, (0, 1), &on_step).await? {
+                        Some(x) => x,
+                        None => return Ok(JsValue::NULL),
+                    };
+                    // Per timestep: noisy, blurred, one step; then the iterative result and the input.
+                    for ((n, bl), o) in b.noisy.into_iter().zip(b.blurred).zip(b.one_step) {
+                        out.extend([n, bl, o]);
+                    }
+                    out.extend([last, image]);
+                }
+                other => return Err(js_err(Error::Invalid(format!("unknown mode {other:?}: use sample, sdedit, inpaint, anagram, hybrid or denoise")))),
             }
             let arr = Array::new();
             for t in out {
@@ -405,7 +485,7 @@ impl Playground {
             return Err(Error::Invalid(format!("the blur kernel must be odd and at most 127, got {}", s.kernel)));
         }
         let side = model.config.sample_size;
-        let image = image.map(|v| chw_tensor(&v, 3, side, "the image", &self.device)).transpose()?;
+        let image = image.map(|v| chw_tensor(&v, 3, side, "the image", &self.if_device)).transpose()?;
         let mask = match mask {
             None => None,
             Some(m) => {
@@ -418,7 +498,7 @@ impl Playground {
                 }
                 // Half grey and above is "new content", as the desktop reads a mask picture.
                 let m: Vec<f32> = m.iter().map(|&v| if v >= 0.5 { 1.0 } else { 0.0 }).collect();
-                Some(chw_tensor(&m, 1, side, "the mask", &self.device)?)
+                Some(chw_tensor(&m, 1, side, "the mask", &self.if_device)?)
             }
         };
         Ok((model, emb, s, image, mask, DdpmScheduler::if_stage1()))

@@ -47,6 +47,11 @@ pub struct Playground {
     adapter: String,
     /// What one GPU buffer may hold and whether f16 shaders exist; None on the CPU.
     limits: Option<deepfloyd::Limits>,
+    /// Where IF computes: `device`, or where the adapter has shader-f16 a second runtime on the
+    /// same GPU whose float type is f16. burn fixes a device's float type at its first tensor, and
+    /// the MNIST models (and their parity with the desktop) stay f32, hence two.
+    if_device: Device,
+    if_compute: deepfloyd::Compute,
     state: Rc<RefCell<State>>,
 }
 
@@ -54,9 +59,12 @@ pub struct Playground {
 impl Playground {
     /// Opens a compute device: `"webgpu"` (through wgpu; rejects when the browser has no usable
     /// adapter, so the caller can fall back) or `"cpu"` (burn's Flex backend compiled to wasm).
-    pub fn create(backend: String) -> Promise {
+    /// `if_compute` (`"auto"` by default, `"f16"` or `"f32"`) is the float type IF computes in:
+    /// auto is f16 where the adapter has shader-f16, else f32.
+    pub fn create(backend: String, if_compute: Option<String>) -> Promise {
         future_to_promise(async move {
-            let (device, backend, adapter, limits) = match backend.as_str() {
+            let wanted = deepfloyd::Compute::parse(if_compute.as_deref()).map_err(js_err)?;
+            let (device, backend, adapter, limits, if_device, if_compute) = match backend.as_str() {
                 "webgpu" => {
                     let (device, setup) = Device::wgpu_options()
                         .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
@@ -78,12 +86,16 @@ impl Playground {
                         max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
                         shader_f16: setup.device.features().contains(burn::tensor::wgpu::wgpu::Features::SHADER_F16),
                     };
-                    (device, "webgpu", adapter, Some(limits))
+                    let (if_device, if_compute) = deepfloyd::Compute::webgpu(wanted, limits.shader_f16, &device, setup);
+                    (device, "webgpu", adapter, Some(limits), if_device, if_compute)
                 }
-                "cpu" => (Device::flex(), "cpu", "burn Flex on the CPU (wasm, one thread)".to_string(), None),
+                "cpu" => {
+                    let (if_device, if_compute) = deepfloyd::Compute::cpu(wanted, &Device::flex());
+                    (Device::flex(), "cpu", "burn Flex on the CPU (wasm, one thread)".to_string(), None, if_device, if_compute)
+                }
                 other => return Err(js_err(Error::Invalid(format!("unknown backend '{other}': use webgpu or cpu")))),
             };
-            let pg = Playground { device, backend: backend.into(), adapter, limits, state: Rc::default() };
+            let pg = Playground { device, backend: backend.into(), adapter, limits, if_device, if_compute, state: Rc::default() };
             Ok(pg.into())
         })
     }
@@ -106,8 +118,21 @@ async fn read_f32<const D: usize>(t: Tensor<D>) -> std::result::Result<Vec<f32>,
     let data = t
         .into_data_async()
         .await
-        .map_err(|e| js_err(Error::Device(format!("reading results back from the device failed ({e:?}); the GPU may have been lost: reload the page"))))?;
-    data.try_into_vec::<f32>().map_err(|e| js_err(Error::Device(format!("unexpected result type: {e:?}"))))
+        .map_err(|e| js_err(Error::Device(format!("the GPU was lost or ran out of memory while results were read back ({})", one_line(&format!("{e:?}"))))))?;
+    // IF may compute in f16; the page always gets f32.
+    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| js_err(Error::Device(format!("unexpected result type: {e:?}"))))
+}
+
+/// wgpu's errors are multi-line chains ("Caused by:", a backtrace note): their causes, on one line.
+fn one_line(chain: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for l in chain.lines().map(str::trim) {
+        if l.is_empty() || l.starts_with("Caused by") || l.starts_with("Backtrace") || l.starts_with("No backtrace") || parts.contains(&l) {
+            continue;
+        }
+        parts.push(l);
+    }
+    parts.join("; ")
 }
 
 /// Interprets the step callback's answer: a Promise is awaited; only an explicit `false` stops.

@@ -4,7 +4,8 @@
 // weights (`dp bench-if --variant M --package-out`, 64x64), it prints the time to fetch, verify
 // and load the package by URL, to load it again from the browser's storage after a reload, and
 // the ms per guided UNet step (batch 2: the prompt and the null prompt) of text to image.
-//   node tests/browser/bench-if.mjs [--variant tiny|M] [--stride 30] [--only webgpu|cpu] [--scheme q8]
+// On a GPU with shader-f16, IF computes in f16 (--compute f32 compares).
+//   node tests/browser/bench-if.mjs [--variant tiny|M] [--stride 30] [--only webgpu|cpu] [--scheme q8] [--compute auto|f16|f32]
 import { execFileSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,6 +18,7 @@ const variant = arg('--variant', 'tiny');
 const stride = Number(arg('--stride', variant === 'tiny' ? 30 : 495));
 const only = arg('--only', null);
 const scheme = arg('--scheme', 'q8');
+const compute = arg('--compute', 'auto');
 const DP = process.env.DP || 'target/release/dp';
 const FLAGS = ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
   '--disable-sync', '--disable-quic', '--disable-dev-shm-usage', '--enable-unsafe-webgpu'];
@@ -53,7 +55,7 @@ for (const backend of ['webgpu', 'cpu']) {
   if (only && only !== backend) continue;
   const context = await browser.newContext();
   const page = await context.newPage();
-  await page.goto(`${site.url}?backend=${backend}`);
+  await page.goto(`${site.url}?backend=${backend}&ifcompute=${compute}`);
   await page.waitForFunction(() => window.playground?.ready || window.playground?.errors(), null, { timeout: TIMEOUT });
   const idle = () => page.waitForFunction(() => !window.playground.deepfloyd.busy, null, { timeout: TIMEOUT });
   const failed = async (what) => {
@@ -82,6 +84,7 @@ for (const backend of ['webgpu', 'cpu']) {
   if (await failed('the run') || !r) { await context.close(); continue; }
   const result = {
     backend: await page.locator('#backend').textContent(),
+    compute: await page.evaluate(() => window.playground.deepfloyd.compute),
     model: variant === 'tiny' ? 'tiny_m (16x16)' : `IF-I-${variant} random weights (64x64)`,
     package: (await page.evaluate(() => window.playground.deepfloyd.model)).bytes,
     scheme,

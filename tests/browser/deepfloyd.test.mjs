@@ -122,12 +122,14 @@ async function pickEmbeddings(page, file) {
 }
 
 async function setup(page, mode) {
-  await page.locator('#if-mode').selectOption(mode);
+  // The mode last: it hides what it does not use (the denoising demo is unguided).
+  await page.locator('#if-mode').selectOption('sample');
   await page.locator('#if-guidance').fill('7');
   await page.locator('#if-stride').fill(String(STRIDE));
   await page.locator('#if-seed').fill('0');
   // IF's dynamic thresholding: the page's asynchronous readback path, and values that stay in range.
   await page.locator('#if-x0').selectOption('dynamic');
+  await page.locator('#if-mode').selectOption(mode);
 }
 
 async function run(page) {
@@ -200,6 +202,20 @@ async function allModes(page, tag) {
   await compare(page, 'sdedit_a_red_square.png', 1, r[1], `${tag} SDEdit i_start 2`);
   await page.locator('#deepfloyd').screenshot({ path: `${ARTIFACTS}if-${tag}-sdedit.png` });
 
+  // The forward process and the denoisers it compares, on the same drawn image (unguided).
+  await setup(page, 'denoise');
+  await page.locator('#if-istart').fill('1');
+  r = await run(page);
+  assert.equal(r.length, 11, 'noisy, blurred and one-step for three timesteps, the iterative result, the input');
+  dpIf('denoise', '--image', join(tmp, `drawn-${tag}.png`), '--prompt', P1, '--i-start', '1');
+  for (const [k, t] of [250, 500, 750].entries()) {
+    await compare(page, 'forward_t250_500_750.png', k + 1, r[3 * k], `${tag} forward process t=${t}`);
+    await compare(page, 'blur_baseline_t250_500_750.png', k + 1, r[3 * k + 1], `${tag} blur baseline t=${t}`);
+    await compare(page, 'one_step_t250_500_750.png', k + 1, r[3 * k + 2], `${tag} one-step denoising t=${t}`);
+  }
+  await compare(page, 'iterative_final.png', 0, r[9], `${tag} iterative denoising`);
+  await page.locator('#deepfloyd').screenshot({ path: `${ARTIFACTS}if-${tag}-denoise.png` });
+
   // Inpainting over the same image with a mask drawn with the mouse.
   await setup(page, 'inpaint');
   await page.locator('#if-brush').fill('4');
@@ -239,6 +255,10 @@ const pkgFiles = async () => (await readdir(pkgDir)).map((f) => join(pkgDir, f))
 test('IF on WebGPU: a picked package runs all five modes and each equals dp if', async () => {
   const page = await open(gpuBrowser, '?backend=webgpu');
   assert.match(await page.locator('#backend').textContent(), /^WebGPU: /);
+  // SwiftShader has no shader-f16: detected, and IF computes in f32.
+  await page.waitForFunction(() => window.playground.deepfloyd.compute, null, { timeout: 10_000 });
+  assert.equal(await page.evaluate(() => window.playground.deepfloyd.compute), 'f32');
+  assert.match(await page.locator('#if-limits').textContent(), /without f16 shaders.*no shader-f16: IF computes in f32\./);
   await pickFiles(page, await pkgFiles());
   assert.equal(await ifError(page), '', page.logs.join('\n'));
   assert.equal((await page.evaluate(() => window.playground.deepfloyd.model)).key, manifestKey);
@@ -319,34 +339,65 @@ test('IF: a run can be cancelled, and the page runs again after it', async () =>
   await page.context().close();
 });
 
-test('IF: a run that crashes the engine restarts it, and the stored weights load again without a download', async () => {
-  // The worker traps during its first IF run, as a wasm `unreachable` or a lost device would.
-  let served = 0;
-  const page = await open(cpuBrowser, '?backend=cpu', (p) => p.route('**/deepfloyd-worker.js', async (route) => {
-    const res = await route.fetch();
-    let body = await res.text();
-    if (served++ === 0) body = body.replace('const j = job();', "const j = job(); throw new WebAssembly.RuntimeError('unreachable executed');");
-    await route.fulfill({ response: res, body });
-  }));
+// The first worker script served is `patch`ed; every later one (a restarted engine) is as built.
+const patchFirstWorker = (patch, counter) => (p) => p.route('**/deepfloyd-worker.js', async (route) => {
+  const res = await route.fetch();
+  const body = await res.text();
+  await route.fulfill({ response: res, body: counter.served++ === 0 ? patch(body) : body });
+});
+
+// Stores the package by URL and the embeddings, runs text to image, and expects the engine to
+// fail in that run and come back: restarted, with the weights from the browser's storage (no
+// shard downloaded again), saying `said`, and drawing what dp draws.
+async function expectRecovery(page, counter, said, what) {
   let shardFetches = 0;
   await page.route('**/if-test/pkg/shard-*', (r) => { shardFetches++; return r.continue(); });
   await page.locator('#if-url').fill(`${site.url}if-test/pkg/manifest.json`);
   await page.locator('#if-fetch').click();
   await page.waitForFunction(() => window.playground.deepfloyd.busy, null, { timeout: 5000 }).catch(() => {});
   await ifIdle(page);
+  assert.equal(await ifError(page), '', page.logs.join('\n'));
   await pickEmbeddings(page, join(tmp, 'emb.safetensors'));
   const fetched = shardFetches;
   await setup(page, 'sample');
+  await page.locator('#if-prompt').selectOption(P1);
   await page.locator('#if-run').click();
   // The new worker takes the package from the browser's storage, and the page says what happened.
-  await page.waitForFunction(() => window.playground.ready && /from browser storage/.test(document.getElementById('if-model').textContent), null, { timeout: LOAD_MS });
-  assert.match(await page.locator('#if-notice').textContent(), /unreachable executed.*engine was restarted.*loaded again without a download/);
-  assert.equal(shardFetches, fetched, 'the restart downloaded the weights again');
+  await page.waitForFunction(() => window.playground.ready && /from browser storage/.test(document.getElementById('if-model').textContent), null, { timeout: JOB_MS })
+    .catch((e) => { throw new Error(`${what}: no restart: ${e.message}\n${page.logs.join('\n')}`); });
+  const notice = await page.locator('#if-notice').textContent();
+  if (process.env.IF_TEST_VERBOSE) console.log(`${what}: ${notice}`);
+  assert.match(notice, said);
+  assert.equal(counter.served, 2, `${what}: the engine was not restarted once`);
+  assert.equal(shardFetches, fetched, `${what}: the restart downloaded the weights again`);
   await ifIdle(page);
   await page.locator('#if-prompt').selectOption(P1);
   const r = await run(page);
-  await compare(page, 'sample_a_red_square.png', 0, r[0], 'after the restart');
+  await compare(page, 'sample_a_red_square.png', 0, r[0], `after ${what}`);
   await page.context().close();
+}
+
+test('IF: a run that crashes the engine restarts it, and the stored weights load again without a download', async () => {
+  // The worker traps during its first IF run, as a wasm `unreachable` would.
+  const counter = { served: 0 };
+  const page = await open(cpuBrowser, '?backend=cpu', patchFirstWorker((body) =>
+    body.replace('const j = job();', "const j = job(); throw new WebAssembly.RuntimeError('unreachable executed');"), counter));
+  await expectRecovery(page, counter, /unreachable executed.*engine was restarted.*loaded again without a download/, 'a crashed run');
+});
+
+test('IF on WebGPU: a device lost mid-run restarts the engine, and the stored weights load again without a download', async () => {
+  // The first worker keeps the GPUDevice the engine asks for and destroys it after the run's
+  // first step: a real loss (device.lost resolves, later GPU calls fail), not a simulated trap.
+  const counter = { served: 0 };
+  const page = await open(gpuBrowser, '?backend=webgpu&ifcompute=f16', patchFirstWorker((body) => `const requestDevice = GPUAdapter.prototype.requestDevice;
+GPUAdapter.prototype.requestDevice = async function (...a) { self.__device = await requestDevice.apply(this, a); return self.__device; };
+${body}`.replace('const onStep = (run, runs, step, steps, x0, ms) => {',
+    'const onStep = (run, runs, step, steps, x0, ms) => { if (step === 1 && self.__device) { self.__device.destroy(); self.__device = null; }'), counter));
+  assert.match(await page.locator('#backend').textContent(), /^WebGPU: /);
+  // f16 asked for on an adapter without shader-f16: said, and f32 used.
+  await page.waitForFunction(() => window.playground.deepfloyd.compute, null, { timeout: 10_000 });
+  assert.match(await page.locator('#if-limits').textContent(), /IF computes in f32 \(f16 was asked for\)/);
+  await expectRecovery(page, counter, /GPU was lost.*Device was destroyed.*engine was restarted.*loaded again without a download/, 'a lost device');
 });
 
 test('IF: a full browser storage keeps the model in memory with a notice, and stores nothing', async () => {
@@ -367,6 +418,40 @@ test('IF: a full browser storage keeps the model in memory with a notice, and st
   await page.locator('#if-prompt').selectOption(P1);
   const r = await run(page);
   await compare(page, 'sample_a_red_square.png', 0, r[0], 'memory-only model');
+  await page.context().close();
+});
+
+// A safetensors file's tensors by name: dtype, shape and raw bytes.
+function safetensors(buf) {
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString());
+  delete header.__metadata__;
+  return Object.fromEntries(Object.entries(header).map(([k, t]) =>
+    [k, { dtype: t.dtype, shape: t.shape, bytes: buf.subarray(8 + n + t.data_offsets[0], 8 + n + t.data_offsets[1]) }]));
+}
+
+test('IF: the course\'s .pth embeddings are read in the page exactly as torch saved them, and kept', async () => {
+  // tests/reference/embeddings_pth.py wrote both files from the same torch tensors (f16, f32,
+  // and views into a shared storage).
+  const dir = 'tests/fixtures/deepfloyd/embeddings';
+  const page = await open(cpuBrowser);
+  await pickEmbeddings(page, join(dir, 'prompts.pth'));
+  assert.equal(await ifError(page), '', page.logs.join('\n'));
+  const want = safetensors(await readFile(join(dir, 'prompts.safetensors')));
+  assert.deepEqual(await page.evaluate(() => window.playground.deepfloyd.prompts), Object.keys(want).sort());
+  const stored = Buffer.from(await page.evaluate(async () => {
+    const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('if-embeddings');
+    return Array.from(new Uint8Array(await (await (await dir.getFileHandle('embeddings.safetensors')).getFile()).arrayBuffer()));
+  }));
+  const got = safetensors(stored);
+  for (const [k, t] of Object.entries(want)) {
+    assert.equal(got[k]?.dtype, t.dtype, k);
+    assert.deepEqual(got[k].shape, t.shape, k);
+    assert.ok(got[k].bytes.equals(t.bytes), `${k}: the page read other values than torch saved`);
+  }
+  await page.reload();
+  await page.waitForFunction(() => window.playground?.ready && window.playground.deepfloyd.prompts.length, null, { timeout: LOAD_MS });
+  assert.deepEqual(await page.evaluate(() => window.playground.deepfloyd.prompts), Object.keys(want).sort(), 'the embeddings were not kept');
   await page.context().close();
 });
 
@@ -420,8 +505,14 @@ test('IF: bad inputs each get a clear message and nothing corrupt is stored', as
   assert.equal(await ifError(page), '');
   await pickEmbeddings(page, join(tmp, 'wrong-width.safetensors'));
   await expectError(/takes \d+-wide tokens.*another model/, 'wrong-width embeddings');
+  // The course's .pth is read, but its tokens are 8 wide.
   await pickEmbeddings(page, 'tests/fixtures/deepfloyd/embeddings/prompts.pth');
-  await expectError(/torch\.save.*export-embeddings/, '.pth embeddings');
+  await expectError(/takes \d+-wide tokens.*another model/, '.pth embeddings of another width');
+  // A .pth cut short.
+  const pth = await readFile('tests/fixtures/deepfloyd/embeddings/prompts.pth');
+  await writeFile(join(tmp, 'cut.pth'), pth.subarray(0, pth.length - 100));
+  await pickEmbeddings(page, join(tmp, 'cut.pth'));
+  await expectError(/cut\.pth.*torch\.save/, 'a truncated .pth');
   await pickEmbeddings(page, join(tmp, 'emb.safetensors'));
   assert.equal(await ifError(page), '');
   // Not an image.

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use clap::{Args, Subcommand, ValueEnum};
 use diffusion_playground::deepfloyd::config::SchedulerConfig;
 use diffusion_playground::deepfloyd::embeddings::PromptEmbeddings;
-use diffusion_playground::deepfloyd::pipeline::{Blur, IfPipeline, NoiseSource, Prompt, RunContext, SeededNoise, Task, Trajectory};
+use diffusion_playground::deepfloyd::pipeline::{Blur, IfPipeline, NoiseSource, Prompt, RunContext, Task, Trajectory};
 use diffusion_playground::deepfloyd::scheduler::{strided_timesteps, DdpmScheduler, X0Mode};
 use diffusion_playground::deepfloyd::unet::IfUNet;
 use diffusion_playground::deepfloyd::views::View;
@@ -17,8 +17,7 @@ use diffusion_playground::artifact::Dtype;
 use diffusion_playground::deepfloyd::package::{package_bytes, SCHEMES};
 use diffusion_playground::deepfloyd::convert::convert_dir;
 use diffusion_playground::deepfloyd::weights::{load_package_dir, load_unet_dir};
-use diffusion_playground::image_ops::{decode_mask_square, decode_rgb_square, gaussian_blur, rgb_image, rgb_row, save_rgb_png};
-use diffusion_playground::rng::Rng;
+use diffusion_playground::image_ops::{decode_mask_square, decode_rgb_square, rgb_image, rgb_row, save_rgb_png};
 use diffusion_playground::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -125,8 +124,7 @@ enum X0Choice {
 enum IfCommand {
     /// List the prompts in the embeddings file.
     Prompts,
-    /// Write the embeddings as safetensors (the page reads only safetensors; this turns the
-    /// course's .pth into one).
+    /// Write the embeddings as safetensors (turns the course's .pth into one).
     ExportEmbeddings {
         #[arg(long)]
         out: PathBuf,
@@ -261,10 +259,6 @@ impl Ctx {
     }
 }
 
-fn noise(seed: u64, parts: &[u64]) -> SeededNoise {
-    SeededNoise(Rng::derive(seed, parts))
-}
-
 pub fn run(a: IfArgs, device: &Device) -> Result<()> {
     let c = a.common;
     let need = |p: &Option<PathBuf>, what: &str| p.clone().ok_or_else(|| Error::Invalid(format!("--{what} is required: {}", match what {
@@ -302,27 +296,18 @@ pub fn run(a: IfArgs, device: &Device) -> Result<()> {
     let ctx = Ctx { model, sched, emb, common: c, device: device.clone() };
     let (seed, g) = (ctx.common.seed, ctx.common.guidance);
     let pipe = IfPipeline::new(&ctx.model, &ctx.sched).with_x0_mode(ctx.x0());
-    let s = &ctx.sched;
     match a.command {
         IfCommand::Prompts | IfCommand::ExportEmbeddings { .. } => unreachable!(),
         IfCommand::Denoise { image, prompt, i_start } => {
             let (img, _) = ctx.image(&image)?;
             // The course's denoising demos run unguided (guidance 1: the conditional output).
             let p = Prompt { uncond: None, ..ctx.prompt(&prompt)? };
-            let (mut noisy, mut blurred, mut one) = (vec![img.clone()], vec![img.clone()], vec![img.clone()]);
-            for (k, t) in [250usize, 500, 750].into_iter().enumerate() {
-                let x = pipe.forward_noise(img.clone(), t, &mut noise(seed, &[1, k as u64]))?;
-                blurred.push(gaussian_blur(x.clone(), 5, 2.0));
-                one.push(pipe.one_step_denoise(x.clone(), t, &p, 1.0)?);
-                noisy.push(x);
-            }
-            ctx.save("forward_t250_500_750", &noisy)?;
-            ctx.save("blur_baseline_t250_500_750", &blurred)?;
-            ctx.save("one_step_t250_500_750", &one)?;
-            let t0 = *s.timesteps().get(i_start).ok_or_else(|| Error::Invalid(format!("--i-start {i_start} is beyond the {} timesteps", s.timesteps().len())))?;
-            // The forward noise comes from the run's own stream, first.
-            let mut n = Task::Iterative { x: img.clone(), i_start, prompt: &p }.noise(seed, 0);
-            let x = pipe.forward_noise(img.clone(), t0, &mut n)?;
+            let b = pipe.denoise_baselines(img.clone(), &p, seed)?;
+            let with_input = |v: Vec<Tensor<4>>| [vec![img.clone()], v].concat();
+            ctx.save("forward_t250_500_750", &with_input(b.noisy))?;
+            ctx.save("blur_baseline_t250_500_750", &with_input(b.blurred))?;
+            ctx.save("one_step_t250_500_750", &with_input(b.one_step))?;
+            let (x, mut n) = pipe.iterative_start(img.clone(), i_start, &p, seed)?;
             let task = Task::Iterative { x, i_start, prompt: &p };
             let tr = ctx.run("iterative denoise", &mut n, |run| pipe.run(&task, 1.0, run))?;
             ctx.save("iterative_every_5th", &tr.frames)?;
