@@ -47,12 +47,14 @@ pub(super) struct Compute {
 type Wanted = Option<Dtype>;
 
 impl Compute {
+    /// `auto` (or nothing), or one of the desktop's `--compute` types.
     pub fn parse(s: Option<&str>) -> Result<Wanted> {
         match s.unwrap_or("auto") {
             "" | "auto" => Ok(None),
-            "f16" => Ok(Some(Dtype::F16)),
-            "f32" => Ok(Some(Dtype::F32)),
-            other => Err(Error::Invalid(format!("ifcompute={other}: IF computes in auto, f16 or f32"))),
+            name => crate::named::Named::from_name(name)
+                .filter(|d| crate::device::COMPUTE_DTYPES.contains(d))
+                .map(Some)
+                .ok_or_else(|| Error::Invalid(format!("ifcompute={name}: IF computes in auto, f16 or f32"))),
         }
     }
 

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::zip::at;
+use super::zip::{at, le_value};
 
 #[derive(Clone)]
 pub(super) enum Value {
@@ -167,8 +167,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn uint(&mut self, n: usize) -> R<u64> {
-        let s = self.take(n)?;
-        Ok(s.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64))
+        Ok(le_value(self.take(n)?))
     }
 
     fn pop(&mut self) -> R<Value> {

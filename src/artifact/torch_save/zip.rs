@@ -4,7 +4,12 @@
 
 fn le(b: &[u8], at: usize, n: usize) -> std::result::Result<u64, String> {
     let s = b.get(at..at.checked_add(n).ok_or("an offset overflows")?).ok_or("it is truncated")?;
-    Ok(s.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64))
+    Ok(le_value(s))
+}
+
+/// The little-endian unsigned integer of at most 8 bytes (ZIP fields and pickle arguments alike).
+pub(super) fn le_value(s: &[u8]) -> u64 {
+    s.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64)
 }
 
 pub(super) fn at(v: u64) -> std::result::Result<usize, String> {
